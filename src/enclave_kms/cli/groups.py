@@ -1,0 +1,20 @@
+"""Registry of CLI command groups: one module per group, listed here once."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# (command name, module under enclave_kms.cli, help)
+_GROUPS: tuple[tuple[str, str, str], ...] = (
+    ("quote", "quote", "Inspect and verify attestation evidence."),
+)
+
+
+def all_groups() -> list[tuple[str, typer.Typer, str]]:
+    out = []
+    for name, module, help_text in _GROUPS:
+        mod = importlib.import_module(f"enclave_kms.cli.{module}")
+        out.append((name, mod.app, help_text))
+    return out

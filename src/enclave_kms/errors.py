@@ -1,0 +1,293 @@
+"""The one exception tree of enclave-kms.
+
+Every failure the package raises on purpose is a subclass of `EnclaveKMSError`. Each class
+carries a stable machine-readable `code`; the boundaries (HTTP status table, CLI exit codes,
+EDL error frames) map these classes in exactly one place each and never inspect messages.
+
+Messages name the problem in one line and never contain secrets: key material, tokens,
+plaintexts and sealed blobs must not be interpolated into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class EnclaveKMSError(Exception):
+    """Base of every deliberate failure. `code` is stable across releases."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --------------------------------------------------------------------------- usage / input
+
+
+class UsageError(EnclaveKMSError):
+    """The caller asked for something malformed (bad flag, bad file, bad TOML)."""
+
+    code = "usage"
+
+
+class ConfigError(UsageError):
+    """A configuration or policy file is unreadable or invalid."""
+
+    code = "invalid_config"
+
+
+# --------------------------------------------------------------------------- attestation
+
+
+class AttestationError(EnclaveKMSError):
+    """Evidence is not acceptable. `step` names the verification step that failed."""
+
+    code = "evidence_invalid"
+    step = "evidence"
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        if step is not None:
+            self.step = step
+
+
+class FormatError(AttestationError):
+    """Bytes do not parse as the structure they claim to be (truncated, bad field, bad size)."""
+
+    code = "evidence_malformed"
+    step = "parse"
+
+
+class UnsupportedFormatError(FormatError):
+    """A well-formed structure of a kind or version we deliberately do not accept."""
+
+    code = "evidence_unsupported"
+    step = "parse"
+
+
+class CertificateChainError(AttestationError):
+    """A certificate chain does not build, has a bad signature or is outside its validity."""
+
+    code = "certificate_chain_invalid"
+    step = "pck_chain"
+
+
+class UntrustedRootError(CertificateChainError):
+    """The chain ends in a root that is not the pinned trust root."""
+
+    code = "untrusted_root"
+    step = "trust_root"
+
+
+class SimulatedRootError(UntrustedRootError):
+    """The chain ends in a simulated root, and no simulated root was trusted explicitly."""
+
+    code = "simulated_root"
+    step = "trust_root"
+
+
+class RevokedError(AttestationError):
+    """A certificate in the chain is listed in a CRL."""
+
+    code = "revoked"
+    step = "revocation"
+
+
+class SignatureError(AttestationError):
+    """A signature over evidence or collateral does not verify."""
+
+    code = "signature_invalid"
+    step = "signature"
+
+
+class BindingError(AttestationError):
+    """A value that must bind two things (report data, QE report data, certificate key) differs."""
+
+    code = "binding_invalid"
+    step = "binding"
+
+
+class QeIdentityError(AttestationError):
+    """The quoting enclave is not the one the QE Identity describes."""
+
+    code = "qe_identity_mismatch"
+    step = "qe_identity"
+
+
+class TcbLevelError(AttestationError):
+    """No TCB level of the TCB Info matches the platform (or the FMSPC differs)."""
+
+    code = "tcb_level_not_found"
+    step = "tcb_level"
+
+
+class VerifierDisagreementError(AttestationError):
+    """Our verifier and dcap-qvl disagree; both answers are kept for the operator."""
+
+    code = "verifier_disagreement"
+    step = "second_opinion"
+
+    def __init__(self, message: str, *, ours: str, dcap_qvl: str) -> None:
+        super().__init__(message)
+        self.ours = ours
+        self.dcap_qvl = dcap_qvl
+
+
+class CollateralError(AttestationError):
+    """Collateral is missing, malformed or cannot be fetched."""
+
+    code = "collateral_unavailable"
+    step = "collateral"
+
+
+class CollateralExpiredError(CollateralError):
+    """Collateral (TCB Info, QE Identity, CRL) is outside its validity window at `now`."""
+
+    code = "collateral_expired"
+    step = "collateral_freshness"
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class PolicyError(EnclaveKMSError):
+    """Verified evidence does not satisfy the policy. Carries every violation, not the first."""
+
+    code = "policy_violation"
+
+    def __init__(self, violations: Sequence[str]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("policy not met: " + "; ".join(self.violations))
+
+
+# --------------------------------------------------------------------------- platform / TEE
+
+
+class PlatformError(EnclaveKMSError):
+    """The TEE platform (simulated or real) cannot do what was asked."""
+
+    code = "platform_error"
+
+
+class PlatformPermissionError(PlatformError):
+    """A platform directory or file is readable by others; refuse to use it."""
+
+    code = "platform_permissions"
+
+
+class ReportMacError(PlatformError):
+    """An SGX report's MAC does not verify for this target (wrong target or altered report)."""
+
+    code = "report_mac_invalid"
+
+
+class KeyDerivationError(PlatformError):
+    """EGETKEY refused: e.g. a key for a higher ISVSVN than the enclave's own."""
+
+    code = "key_derivation_refused"
+
+
+class SealingError(PlatformError):
+    """A sealed blob cannot be unsealed here (altered, other platform, other identity, newer SVN)."""
+
+    code = "unseal_failed"
+
+
+class ImageError(PlatformError):
+    """An enclave image's manifest, signature or trusted files do not verify; launch refused."""
+
+    code = "image_invalid"
+
+
+# --------------------------------------------------------------------------- KMS service
+
+
+class KMSError(EnclaveKMSError):
+    """Base of errors returned by the key management API."""
+
+    code = "kms_error"
+
+
+class InvalidRequestError(KMSError):
+    """A client mistake in the request body or parameters."""
+
+    code = "invalid_request"
+
+
+class UnauthenticatedError(KMSError):
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(KMSError):
+    code = "permission_denied"
+
+
+class NotFoundError(KMSError):
+    code = "not_found"
+
+
+class ConflictError(KMSError):
+    """The request conflicts with current state (already exists, already initialised, CAS lost)."""
+
+    code = "conflict"
+
+
+class KeyStateError(KMSError):
+    """The key exists but cannot be used for this (disabled, scheduled for deletion, version)."""
+
+    code = "key_state"
+
+
+class CryptoOperationError(KMSError):
+    """A ciphertext, signature or wrapped key is invalid for this key."""
+
+    code = "crypto_failed"
+
+
+class IntegrityError(KMSError):
+    """A stored record failed authentication: the host altered, swapped or replayed it."""
+
+    code = "integrity_violation"
+
+
+class StorageError(KMSError):
+    """The host's storage failed; the operation was not acknowledged."""
+
+    code = "storage_unavailable"
+
+
+class AuditError(KMSError):
+    """The audit record could not be appended, or an audit chain does not verify."""
+
+    code = "audit_failed"
+
+
+# --------------------------------------------------------------------------- boundary / channel
+
+
+class BoundaryError(EnclaveKMSError):
+    """An EDL frame is malformed, undeclared, or out of its declared bounds."""
+
+    code = "boundary_violation"
+
+
+class ChannelError(EnclaveKMSError):
+    """The enclave-to-enclave secure channel refused a step; the channel is closed for good."""
+
+    code = "channel_error"
+
+
+class ChannelStateError(ChannelError):
+    code = "channel_state"
+
+
+class ReplayError(ChannelError):
+    code = "channel_replay"
+
+
+class ServerError(EnclaveKMSError):
+    """The remote KMS answered with a server-side failure or could not be reached."""
+
+    code = "server_error"
