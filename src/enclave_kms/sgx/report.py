@@ -201,8 +201,8 @@ class TargetInfo:
     @classmethod
     def parse(cls, data: bytes) -> TargetInfo:
         _need(data, cls.SIZE, "target info")
-        mr_enclave, attributes, _r1, config_svn_b, misc_select, _r2, config_id, _r3 = (
-            struct.unpack(_TARGET_FMT, bytes(data))
+        mr_enclave, attributes, _r1, config_svn_b, misc_select, _r2, config_id, _r3 = struct.unpack(
+            _TARGET_FMT, bytes(data)
         )
         (config_svn,) = struct.unpack("<H", config_svn_b)
         return cls(mr_enclave, Attributes.parse(attributes), config_svn, misc_select, config_id)
