@@ -339,7 +339,7 @@ def decode_frame(payload: bytes) -> Frame:
     """Decode the CBOR body of a frame; anything unexpected is a BoundaryError."""
     try:
         obj = cbor2.loads(payload)
-    except Exception as exc:  # cbor2 raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - cbor2 raises many unrelated types on garbage
         raise BoundaryError(f"frame is not CBOR: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise BoundaryError("frame is not a map")

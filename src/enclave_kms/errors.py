@@ -190,7 +190,7 @@ class KeyDerivationError(PlatformError):
 
 
 class SealingError(PlatformError):
-    """A sealed blob cannot be unsealed here (altered, other platform, other identity, newer SVN)."""
+    """A sealed blob cannot be unsealed here: altered, other platform or identity, newer SVN."""
 
     code = "unseal_failed"
 
