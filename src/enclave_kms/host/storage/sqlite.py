@@ -1,0 +1,113 @@
+"""SQLite backend: WAL journal, synchronous=FULL, so an acknowledged write survives a crash."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from enclave_kms.errors import StorageError
+from enclave_kms.host.storage import SCHEMA_VERSION
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    kind    TEXT    NOT NULL,
+    id      TEXT    NOT NULL,
+    version INTEGER NOT NULL CHECK (version > 0),
+    blob    BLOB    NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    record BLOB NOT NULL
+);
+"""
+
+
+class SQLiteStorage:
+    """One connection guarded by a lock: SQLite serialises writers anyway, and a single
+    connection keeps WAL checkpoints and durability settings in one place."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path}: schema version {version}, this build uses {SCHEMA_VERSION}"
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open storage {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def _run(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        try:
+            with self._lock:
+                return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage failure: {exc}") from None
+
+    def get(self, kind: str, id: str) -> tuple[int, bytes] | None:
+        row = self._run("SELECT version, blob FROM records WHERE kind=? AND id=?", (kind, id))
+        found = row.fetchone()
+        return None if found is None else (int(found[0]), bytes(found[1]))
+
+    def put(self, kind: str, id: str, expected_version: int, blob: bytes) -> bool:
+        if expected_version == 0:
+            cur = self._run(
+                "INSERT INTO records(kind, id, version, blob) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT(kind, id) DO NOTHING",
+                (kind, id, blob),
+            )
+        else:
+            cur = self._run(
+                "UPDATE records SET version=version+1, blob=? WHERE kind=? AND id=? AND version=?",
+                (blob, kind, id, expected_version),
+            )
+        return cur.rowcount == 1
+
+    def list_ids(self, kind: str, after: str, limit: int) -> list[str]:
+        rows = self._run(
+            "SELECT id FROM records WHERE kind=? AND id>? ORDER BY id LIMIT ?",
+            (kind, after, limit),
+        )
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def delete(self, kind: str, id: str, expected_version: int) -> bool:
+        cur = self._run(
+            "DELETE FROM records WHERE kind=? AND id=? AND version=?", (kind, id, expected_version)
+        )
+        return cur.rowcount == 1
+
+    def audit_append(self, records: list[bytes]) -> None:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        "INSERT INTO audit(record) VALUES (?)", [(r,) for r in records]
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageError(f"audit append failed: {exc}") from None
+
+    def audit_records(self) -> list[bytes]:
+        rows = self._run("SELECT record FROM audit ORDER BY seq")
+        return [bytes(r[0]) for r in rows.fetchall()]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
