@@ -1,0 +1,112 @@
+"""Audit chain: group commit under concurrency, fail closed, and tamper evidence."""
+
+from __future__ import annotations
+
+import threading
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enclave_kms.enclave.audit import AuditEvent, AuditLog, verify_chain
+from enclave_kms.errors import AuditError
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.calls = 0
+        self.fail = False
+
+    def __call__(self, batch: list[bytes]) -> None:
+        self.calls += 1
+        if self.fail:
+            raise OSError("disk gone")
+        self.records.extend(batch)
+
+
+def _event(i: int) -> AuditEvent:
+    return AuditEvent(
+        actor=f"tok-{i % 3}", op="encrypt", target="k1", outcome="ok", request_id=str(i)
+    )
+
+
+def test_chain_verifies_and_names_its_key() -> None:
+    sink = Sink()
+    key = ec.generate_private_key(ec.SECP256R1())
+    log = AuditLog(key, sink)
+    for i in range(10):
+        log.record(_event(i))
+    result = verify_chain(sink.records)
+    assert result.records == 11  # genesis + 10
+    assert log.head[0] == 11
+
+
+def test_concurrent_records_share_appends() -> None:
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+
+    def worker(i: int) -> None:
+        for j in range(50):
+            log.record(_event(i * 50 + j))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(sink.records) == 401
+    verify_chain(sink.records)
+    assert sink.calls < 401  # batching happened: fewer appends than records
+
+
+def test_failed_append_fails_closed() -> None:
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+    sink.fail = True
+    with pytest.raises(AuditError, match="not acknowledged"):
+        log.record(_event(1))
+    sink.fail = False
+    with pytest.raises(AuditError):
+        log.record(_event(2))  # stays closed: no silent gap in the chain
+
+
+def _chain(n: int) -> list[bytes]:
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+    for i in range(n):
+        log.record(_event(i))
+    return sink.records
+
+
+def test_altered_record_is_named() -> None:
+    records = _chain(5)
+    raw, sig = cbor2.loads(records[3])
+    body = cbor2.loads(raw)
+    body["outcome"] = "denied"
+    records[3] = cbor2.dumps([cbor2.dumps(body, canonical=True), sig])
+    with pytest.raises(AuditError, match="record 3 has an invalid signature"):
+        verify_chain(records)
+
+
+def test_dropped_reordered_and_inserted_records_are_found() -> None:
+    records = _chain(5)
+    with pytest.raises(AuditError, match="record 2 has sequence 3"):
+        verify_chain(records[:2] + records[3:])
+    swapped = records[:]
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    with pytest.raises(AuditError, match="record 2"):
+        verify_chain(swapped)
+    foreign = _chain(5)
+    with pytest.raises(AuditError, match="record 2"):
+        verify_chain(records[:2] + foreign[2:])
+
+
+def test_expected_key_is_enforced_and_garbage_is_malformed() -> None:
+    records = _chain(2)
+    with pytest.raises(AuditError, match="another key"):
+        verify_chain(records, expected_key_sha256="00" * 32)
+    with pytest.raises(AuditError, match="record 1 is malformed"):
+        verify_chain([records[0], b"\xff\x00garbage"])
+    with pytest.raises(AuditError, match="empty"):
+        verify_chain([])
