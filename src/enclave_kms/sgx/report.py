@@ -74,7 +74,7 @@ class Attributes:
 
 
 # offset, size of every ReportBody field (SDM 38.15; DCAP "Enclave Report Body")
-_BODY_FMT = "<16sI12s16s16s32s32s32s32s64sHHH2s16s64s"
+_BODY_FMT = "<16sI12s16s16s32s32s32s32s64sHHH42s16s64s"
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ReportBody:
     reserved1: bytes = field(default=bytes(12), repr=False)
     reserved2: bytes = field(default=bytes(32), repr=False)
     reserved3: bytes = field(default=bytes(32), repr=False)
-    reserved4: bytes = field(default=bytes(2), repr=False)
+    reserved4: bytes = field(default=bytes(42), repr=False)
 
     SIZE = 384
 
@@ -205,6 +205,8 @@ class TargetInfo:
             _TARGET_FMT, bytes(data)
         )
         (config_svn,) = struct.unpack("<H", config_svn_b)
+        if any(_r1) or any(_r2) or any(_r3):
+            raise FormatError("target info: reserved bytes must be zero")
         return cls(mr_enclave, Attributes.parse(attributes), config_svn, misc_select, config_id)
 
     def to_bytes(self) -> bytes:
