@@ -116,8 +116,7 @@ PARSERS: dict[str, Callable[[bytes], object]] = {
     "quote": _quote_round_trip,
     "quote_header": _fixed_size(QuoteHeader.parse),
     "report_body": _fixed_size(ReportBody.parse),
-    # TargetInfo drops its reserved bytes on parse (report.py), so no round trip here
-    "target_info": _fixed_size(TargetInfo.parse, round_trip=False),
+    "target_info": _fixed_size(TargetInfo.parse),
     "report": _fixed_size(Report.parse),
     "td_report10": _fixed_size(TdReport10.parse),
     "td_report15": _fixed_size(TdReport15.parse),
