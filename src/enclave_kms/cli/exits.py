@@ -15,6 +15,8 @@ SERVER = 5
 # Most specific first: CollateralError is an AttestationError but has its own code.
 _TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (errors.UsageError, USAGE),
+    (errors.PlatformPermissionError, USAGE),
+    (errors.ImageError, EVIDENCE_INVALID),
     (errors.CollateralError, COLLATERAL),
     (errors.AttestationError, EVIDENCE_INVALID),
     (errors.ChannelStateError, EVIDENCE_INVALID),

@@ -9,6 +9,8 @@ import typer
 # (command name, module under enclave_kms.cli, help)
 _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("quote", "quote", "Inspect and verify attestation evidence."),
+    ("platform", "platform", "Create and drive the simulated SGX platform."),
+    ("enclave", "enclave", "Build, sign and measure enclave images."),
 )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
+from typer._click import exceptions as click_exc  # typer vendors its own click
 
 from enclave_kms.cli import exits
 from enclave_kms.errors import EnclaveKMSError
@@ -29,12 +29,19 @@ def _root(
     _state["verbose"] = verbose
 
 
+_registered = False
+
+
 def _register() -> None:
-    """Import command groups lazily-at-startup so one broken group names itself clearly."""
+    """Attach the command groups once (main() may run many times in one process in tests)."""
+    global _registered  # noqa: PLW0603 - one-time registration of a module-level app
+    if _registered:
+        return
     from enclave_kms.cli import groups
 
     for name, sub, help_text in groups.all_groups():
         app.add_typer(sub, name=name, help=help_text)
+    _registered = True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,13 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     _state["verbose"] = "--verbose" in args or "-v" in args
     try:
         app(args=args, standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        raise SystemExit(exits.USAGE) from None
-    except click.exceptions.ClickException as exc:
+    except click_exc.NoArgsIsHelpError as exc:
+        exc.show()  # help text for a bare group: not an error
+        raise SystemExit(exits.OK) from None
+    except click_exc.ClickException as exc:
         exc.show()
         raise SystemExit(exits.USAGE) from None
-    except click.exceptions.Exit as exc:
+    except typer.Abort:
+        err.print("aborted")
+        raise SystemExit(exits.USAGE) from None
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except EnclaveKMSError as exc:
         if _state["verbose"]:

@@ -20,7 +20,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from rich.console import Console
 from rich.table import Table
 
-from enclave_kms.attestation.evidence import Evidence, EvidenceForm, load_evidence
+from enclave_kms.attestation.evidence import (
+    Evidence,
+    EvidenceForm,
+    load_evidence,
+    strip_comment_lines,
+)
 from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy, validate
 from enclave_kms.attestation.types import TrustRoot, VerifiedQuote
 from enclave_kms.errors import EnclaveKMSError, PolicyError, UsageError
@@ -53,7 +58,9 @@ def parse_rfc3339(value: str) -> datetime:
     """An RFC 3339 timestamp with an explicit offset, as UTC (a naive time is ambiguous)."""
     text = value.strip()
     if "T" not in text.upper() and " " not in text:
-        raise UsageError(f"--at {value!r}: expected an RFC 3339 date-time like 2025-07-19T10:01:17Z")
+        raise UsageError(
+            f"--at {value!r}: expected an RFC 3339 date-time like 2025-07-19T10:01:17Z"
+        )
     try:
         when = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
@@ -63,14 +70,6 @@ def parse_rfc3339(value: str) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise UsageError(f"--at {value!r}: include a timezone, e.g. a trailing Z for UTC")
     return when.astimezone(UTC)
-
-
-def _strip_comment_lines(data: bytes) -> bytes:
-    """Published test vectors (Open Enclave's) start with `#` licence lines; drop only those."""
-    while data[:1] == b"#":
-        newline = data.find(b"\n")
-        data = b"" if newline < 0 else data[newline + 1 :]
-    return data
 
 
 def _pck_facts(quote: Quote) -> dict[str, str]:
@@ -116,7 +115,7 @@ def evidence_summary(ev: Evidence) -> dict[str, Any]:
     elif isinstance(body, TdReport10):
         out.update(
             mr_td=body.mr_td.hex(),
-            rt_mr=[m.hex() for m in body.rt_mrs],
+            **{f"rt_mr{i}": m.hex() for i, m in enumerate(body.rt_mrs)},
             tee_tcb_svn=body.tee_tcb_svn.hex(),
             debug=body.debug,
         )
@@ -162,6 +161,25 @@ def verified_summary(v: VerifiedQuote) -> dict[str, Any]:
 
 _LABELS = {
     "form": "Evidence form",
+    "hex_encoded": "Given as hex text",
+    "qe_svn": "QE SVN",
+    "pce_svn": "PCE SVN",
+    "attributes": "Attribute flags",
+    "rt_mr0": "RTMR0",
+    "rt_mr1": "RTMR1",
+    "rt_mr2": "RTMR2",
+    "rt_mr3": "RTMR3",
+    "tee_tcb_svn": "TEE TCB SVN",
+    "trailing_bytes": "Trailing bytes (unsigned)",
+    "held_data_bytes": "Held data size",
+    "platform_tcb_status": "Platform TCB status",
+    "qe_tcb_status": "QE TCB status",
+    "tcb_date": "TCB date",
+    "collateral_expiry": "Collateral expires",
+    "verified_at": "Verified at",
+    "root_spki_sha256": "Root SPKI SHA-256",
+    "simulated_root": "Simulated root",
+    "second_opinion": "dcap-qvl status",
     "tee": "TEE",
     "quote_version": "Quote version",
     "mr_enclave": "MRENCLAVE",
@@ -213,7 +231,7 @@ def inspect_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Show what evidence claims (nothing is verified): identity, TCB facts, held-data binding."""
-    evidence = load_evidence(_strip_comment_lines(_read(file, "evidence")))
+    evidence = load_evidence(_read(file, "evidence"))
     summary = evidence_summary(evidence)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -224,6 +242,7 @@ def inspect_cmd(
 @app.command("verify")
 def verify_cmd(
     file: Annotated[str, typer.Argument(help="Evidence file (any form `inspect` accepts).")],
+    *,
     collateral: Annotated[
         str, typer.Option("--collateral", help="dcap-qvl JSON or OE endorsements.")
     ],
@@ -248,13 +267,13 @@ def verify_cmd(
 ) -> None:
     """Verify evidence against collateral at a time, then check it against a policy."""
     from enclave_kms.attestation.collateral import load_collateral
-    from enclave_kms.attestation.ratls import verify_ratls_certificate
     from enclave_kms.attestation.verify import verify_quote
 
     # Gather every input first, so a usage mistake never costs a verification.
     now = parse_rfc3339(at) if at is not None else datetime.now(UTC)
-    raw = _strip_comment_lines(_read(file, "evidence"))
-    collateral_bytes = _strip_comment_lines(_read(collateral, "collateral"))
+    raw = _read(file, "evidence")
+    # Published OE vectors carry `#` licence lines before the binary endorsements.
+    collateral_bytes = strip_comment_lines(_read(collateral, "collateral"))
     chosen_policy = (
         Policy.from_toml(_read(policy, "policy")) if policy is not None else DEFAULT_POLICY
     )
@@ -266,9 +285,7 @@ def verify_cmd(
     chain = _load_chain(pck_chain) if pck_chain is not None else None
 
     evidence = load_evidence(raw)
-    if evidence.form is EvidenceForm.RATLS_CERTIFICATE:
-        verify_ratls_certificate(evidence_bytes(raw, evidence), now=now)
-    evidence.check_held_data_binding()
+    evidence.check_bindings(now=now)
     verified = verify_quote(
         evidence.quote_bytes,
         load_collateral(collateral_bytes),
@@ -282,7 +299,7 @@ def verify_cmd(
         validate(verified, chosen_policy)
     except PolicyError as exc:
         violations = exc.violations
-    summary = verified_summary(verified)
+    summary = {"form": evidence.form.value, **verified_summary(verified)}
     summary["policy"] = {
         "source": policy or "default",
         "ok": not violations,
@@ -297,14 +314,6 @@ def verify_cmd(
         console.print(verdict, markup=False)
     if violations:
         raise PolicyError(violations)
-
-
-def evidence_bytes(raw: bytes, evidence: Evidence) -> bytes:
-    """The certificate bytes behind RA-TLS evidence (hex-decoded when it came as hex text)."""
-    if not evidence.hex_encoded:
-        return raw
-    text = raw.strip()
-    return bytes.fromhex(text[2:].decode() if text[:2].lower() == b"0x" else text.decode())
 
 
 def _load_chain(path: str) -> list[x509.Certificate]:
