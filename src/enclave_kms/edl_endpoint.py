@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from enclave_kms import edl, errors
 from enclave_kms.errors import BoundaryError, EnclaveKMSError
@@ -65,8 +65,8 @@ class Endpoint:
 
     def __init__(
         self,
-        reader: BinaryIO,
-        writer: BinaryIO,
+        reader: IO[bytes],
+        writer: IO[bytes],
         *,
         serves: edl.Kind,
         handlers: Mapping[str, Handler],

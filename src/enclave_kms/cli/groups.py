@@ -11,6 +11,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("quote", "quote", "Inspect and verify attestation evidence."),
     ("platform", "platform", "Create and drive the simulated SGX platform."),
     ("enclave", "enclave", "Build, sign and measure enclave images."),
+    ("serve", "serve", "Start the KMS (simulation: host and enclave processes)."),
 )
 
 

@@ -63,9 +63,11 @@ class AuditLog:
         *,
         head: tuple[int, bytes] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        persist_head: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self._key = key
         self._append = append_fn
+        self._persist_head = persist_head
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[AuditEvent] = []
@@ -81,8 +83,16 @@ class AuditLog:
             self.record(AuditEvent("enclave", "audit.genesis", pub.hex(), "ok", "genesis"))
 
     @property
+    def public_key_sha256(self) -> str:
+        """Hex SHA-256 of the audit key's DER SPKI: the fingerprint `verify_chain` reports."""
+        der = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(der).hexdigest()
+
+    @property
     def head(self) -> tuple[int, bytes]:
-        """(next sequence number, hash of the last durable record): persisted by the caller."""
+        """(next sequence number, hash of the last durable record)."""
         with self._cond:
             return self._next_seq, self._prev
 
@@ -112,6 +122,10 @@ class AuditLog:
                 wire.append(blob)
                 seq += 1
             self._append(wire)
+            if self._persist_head is not None:
+                # The sealed head lets a restarted enclave continue the chain, and shows a
+                # host that truncated the log: the next record would not link to the last.
+                self._persist_head(seq, prev)
         except Exception as exc:
             with self._cond:
                 self._flushing = False

@@ -38,7 +38,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from enclave_kms.errors import EnclaveKMSError, FormatError, ImageError, SignatureError
+from enclave_kms.errors import (
+    EnclaveKMSError,
+    FormatError,
+    ImageError,
+    PlatformError,
+    SignatureError,
+)
 from enclave_kms.platform.base import EnclaveIdentity
 from enclave_kms.platform.image import (
     SIGSTRUCT_FILE,
@@ -174,6 +180,30 @@ def verify_trusted_files(manifest: Manifest, roots: Roots) -> dict[str, Path]:
     return located
 
 
+def measured_identity(manifest: Manifest, sigstruct: Sigstruct) -> EnclaveIdentity:
+    """What EINIT would record for this (already checked) manifest and SIGSTRUCT."""
+    secs = manifest.config.secs_attributes
+    return EnclaveIdentity(
+        mr_enclave=manifest.mr_enclave,
+        mr_signer=sigstruct.mr_signer,
+        isv_prod_id=sigstruct.isv_prod_id,
+        isv_svn=sigstruct.isv_svn,
+        attributes=Attributes(int(secs.flags | AttributeFlags.INIT), secs.xfrm),
+        misc_select=sigstruct.misc_select,
+    )
+
+
+#: Set by `run_enclave` in the enclave process: the identity the simulated CPU measured.
+_RUNNING: list[EnclaveIdentity] = []
+
+
+def running_identity() -> EnclaveIdentity:
+    """The measured identity of this enclave process (simulation), or PlatformError."""
+    if not _RUNNING:
+        raise PlatformError("not running inside a loaded simulated enclave")
+    return _RUNNING[0]
+
+
 def load_image(
     directory: Path,
     *,
@@ -195,18 +225,9 @@ def load_image(
     interpreter = next(
         (path for key, path in located.items() if key.startswith("interpreter:")), None
     )
-    secs = manifest.config.secs_attributes
-    identity = EnclaveIdentity(
-        mr_enclave=manifest.mr_enclave,
-        mr_signer=sigstruct.mr_signer,
-        isv_prod_id=sigstruct.isv_prod_id,
-        isv_svn=sigstruct.isv_svn,
-        attributes=Attributes(int(secs.flags | AttributeFlags.INIT), secs.xfrm),
-        misc_select=sigstruct.misc_select,
-    )
     return LoadedImage(
         directory=directory,
-        identity=identity,
+        identity=measured_identity(manifest, sigstruct),
         config=manifest.config,
         manifest=manifest,
         sigstruct=sigstruct,
@@ -447,7 +468,10 @@ def run_enclave(directory: str, mr_enclave_hex: str, site: Sequence[str]) -> Non
         manifest = read_manifest(Path(directory))
         if manifest.mr_enclave.hex() != mr_enclave_hex:
             raise ImageError("manifest changed after the image was loaded (MRENCLAVE differs)")
+        sigstruct = read_sigstruct(Path(directory))
+        check_sigstruct(sigstruct, manifest)
         install_import_guard(manifest, roots=environment_roots(site=[Path(s) for s in site]))
+        _RUNNING[:] = [measured_identity(manifest, sigstruct)]
     except EnclaveKMSError as exc:
         sys.stderr.write(f"enclave: {exc.message}\n")
         raise SystemExit(70) from None

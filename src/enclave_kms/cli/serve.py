@@ -1,0 +1,79 @@
+"""`enclave-kms serve`: start the KMS (host process + enclave process) and wait for a signal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from enclave_kms.errors import UsageError
+
+app = typer.Typer()
+
+DEFAULT_DATA_DIR = Path(
+    os.environ.get("ENCLAVE_KMS_DATA_DIR", Path.home() / ".local/share/enclave-kms/data")
+)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
+    return host.strip("[]"), int(port)
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    listen: str = typer.Option("127.0.0.1:8443", help="Address the enclave serves HTTPS on."),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, help="Where sealed state and the image live."),
+    platform: str = typer.Option("sim", help="TEE platform: 'sim' (simulated SGX)."),
+    image: Path | None = typer.Option(None, help="A signed enclave image to run as is."),
+    platform_dir: Path | None = typer.Option(None, help="Simulated platform directory."),
+) -> None:
+    """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
+    from enclave_kms.host.service import ServeOptions, start
+
+    host, port = _listen(listen)
+    console = Console(highlight=False)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with console.status("starting the enclave (measuring and loading the image)…"):
+        running = start(
+            ServeOptions(
+                data_dir=data_dir,
+                host=host,
+                port=port,
+                platform=platform,
+                image=image,
+                platform_dir=platform_dir,
+            )
+        )
+    ident = running.identity
+    console.print(f"[bold]enclave-kms[/bold] is serving on {running.url}")
+    console.print(f"  MRENCLAVE   {ident['mr_enclave']}")
+    console.print(f"  MRSIGNER    {ident['mr_signer']}")
+    console.print(
+        f"  ProductID {ident['isv_prod_id']}, SVN {ident['isv_svn']}, debug {ident['debug']}"
+    )
+    console.print(f"  enclave info (tutorial JSON): {running.info_path}")
+    console.print(
+        f"  [yellow]SIMULATION[/yellow]: no SGX here; the simulated root is {running.root_path}"
+    )
+    console.print(
+        f"next: enclave-kms init {running.url} --trust-root {running.root_path}   "
+        "(issues the first admin token over attested TLS)"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1):
+        if not running.enclave.alive():
+            console.print("[red]the enclave process exited[/red]")
+            break
+    console.print("stopping…")
+    code = running.stop()
+    console.print(f"enclave stopped (status {code})")

@@ -1,0 +1,95 @@
+"""The secure-channel ECALLs: the sample's names, driving `channel.SecureChannel`.
+
+Peer evidence is verified for real inside the enclave: collateral comes through the
+`get_collateral` OCALL (it is signed, so the host cannot forge it), the trust root and the
+peer policy come from the enclave's configuration, and `now` is read once per verification.
+The host only relays opaque messages; plaintexts are made and consumed inside the enclave
+(`process_encrypted_msg` returns only a digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+
+from enclave_kms.attestation.collateral import load_collateral
+from enclave_kms.attestation.policy import Policy
+from enclave_kms.attestation.types import TrustRoot, VerifiedQuote
+from enclave_kms.attestation.verify import verify_quote
+from enclave_kms.channel import ChannelPolicy, SecureChannel
+from enclave_kms.errors import BindingError, ChannelStateError, ConfigError
+
+if TYPE_CHECKING:
+    from enclave_kms.enclave.runtime import EnclaveRuntime
+
+
+def channel_message(index: int, mr_enclave: bytes) -> bytes:
+    """The enclave's own message number `index` (the sample sends fixed strings too)."""
+    return f"message {index} from enclave {mr_enclave.hex()[:16]}".encode()
+
+
+class ChannelEcalls:
+    def __init__(self, runtime: EnclaveRuntime) -> None:
+        self._rt = runtime
+        self._channel: SecureChannel | None = None
+        self._lock = threading.Lock()
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "get_remote_report_with_pubkey": self.get_remote_report_with_pubkey,
+            "verify_report_and_set_pubkey": self.verify_report_and_set_pubkey,
+            "establish_secure_channel": self.establish_secure_channel,
+            "acknowledge_secure_channel": self.acknowledge_secure_channel,
+            "generate_encrypted_message": self.generate_encrypted_message,
+            "process_encrypted_msg": self.process_encrypted_msg,
+        }
+
+    def _verify_peer(self, evidence: bytes, expected_report_data: bytes) -> VerifiedQuote:
+        settings = self._rt.config.channel
+        root = TrustRoot.from_pem(bytes(settings["trust_root_pem"]))
+        collateral = load_collateral(self._rt.host.collateral_for(evidence))
+        verified = verify_quote(evidence, collateral, trust_root=root, now=datetime.now(UTC))
+        if verified.report_data[:32] != expected_report_data:
+            raise BindingError("peer evidence does not bind the peer's channel key")
+        return verified
+
+    def _get(self) -> SecureChannel:
+        with self._lock:
+            if self._channel is None:
+                settings = self._rt.config.channel
+                if not settings:
+                    raise ChannelStateError("no secure channel is configured for this enclave")
+                try:
+                    policy = ChannelPolicy.from_policy(
+                        Policy.from_toml(str(settings["policy_toml"]))
+                    )
+                    role = str(settings["role"])
+                except KeyError as exc:
+                    raise ConfigError(f"channel configuration lacks {exc.args[0]}") from None
+                self._channel = SecureChannel(role, self._verify_peer, policy)
+            return self._channel
+
+    def get_remote_report_with_pubkey(self) -> dict[str, Any]:
+        return {"message": self._get().get_remote_report_with_pubkey(self._rt.quote_for)}
+
+    def verify_report_and_set_pubkey(self, message: bytes) -> dict[str, Any]:
+        peer = self._get().verify_report_and_set_pubkey(message)
+        return {"peer": cbor2.dumps(peer.describe())}
+
+    def establish_secure_channel(self) -> dict[str, Any]:
+        return {"message": self._get().establish_secure_channel()}
+
+    def acknowledge_secure_channel(self, message: bytes) -> dict[str, Any]:
+        return {"message": self._get().acknowledge_secure_channel(message)}
+
+    def generate_encrypted_message(self, index: int) -> dict[str, Any]:
+        plaintext = channel_message(index, self._rt.backend.identity.mr_enclave)
+        return {"message": self._get().generate_encrypted_message(plaintext)}
+
+    def process_encrypted_msg(self, message: bytes) -> dict[str, Any]:
+        plaintext = self._get().process_encrypted_msg(message)
+        return {"digest": hashlib.sha256(plaintext).digest()}

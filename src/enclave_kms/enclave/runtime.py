@@ -1,0 +1,325 @@
+"""The trusted process: ECALL handlers, key bootstrap and the HTTPS server (DESIGN §3, §4, §9).
+
+`initialize` unseals (or creates) the enclave's long-lived secrets through the storage OCALLs:
+  identity/storage-root-key   256-bit, sealed under MRSIGNER (upgrades keep access)
+  identity/tls-key-<mrenclave> P-256 TLS key, sealed under MRENCLAVE (a new build, a new key)
+  config/audit-key, config/audit-head   sealed records under the storage root key
+`set_up_server` then serves HTTPS from this process for its whole life; requests never cross
+the EDL, only storage, quotes, collateral, audit and log OCALLs do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import cbor2
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
+from enclave_kms.enclave import tls
+from enclave_kms.enclave.api import AppContext, AttestationBundle, create_app
+from enclave_kms.enclave.audit import AuditLog
+from enclave_kms.enclave.channel_ecalls import ChannelEcalls
+from enclave_kms.enclave.host_calls import Call, HostCalls
+from enclave_kms.enclave.kms import KMSService
+from enclave_kms.enclave.records import RecordCipher
+from enclave_kms.enclave.store import RecordStore
+from enclave_kms.enclave.tokens import TokenService
+from enclave_kms.errors import (
+    ConfigError,
+    ConflictError,
+    EnclaveKMSError,
+    SealingError,
+    UnsupportedFormatError,
+)
+from enclave_kms.platform.base import KeyPolicy, TeeBackend
+from enclave_kms.sgx.oe import CustomClaim, OeEvidence, build_oe_report, serialize_custom_claims
+from enclave_kms.sgx.quote import parse_quote
+
+log = logging.getLogger("enclave_kms.enclave")
+
+PEM_KEY_SIZE = 512  # the tutorial zero-pads the PEM public key to 512 bytes
+_SRK_AAD = b"enclave-kms/storage-root-key/v1"
+_TLS_AAD = b"enclave-kms/tls-key/v1"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Non-secret settings the host passes to `initialize` (CBOR map)."""
+
+    platform: str
+    platform_dir: str = ""
+    listen_host: str = "127.0.0.1"
+    dns_names: tuple[str, ...] = ("localhost",)
+    channel: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: bytes) -> RuntimeConfig:
+        try:
+            raw = cbor2.loads(data)
+        except Exception:  # noqa: BLE001 - cbor2 raises many types on garbage
+            raise ConfigError("initialize: config is not CBOR") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("platform"), str):
+            raise ConfigError("initialize: config must be a map with a platform name")
+        try:
+            return cls(
+                platform=raw["platform"],
+                platform_dir=str(raw.get("platform_dir", "")),
+                listen_host=str(raw.get("listen_host", "127.0.0.1")),
+                dns_names=tuple(str(n) for n in raw.get("dns_names", ("localhost",))),
+                channel=dict(raw.get("channel") or {}),
+            )
+        except (TypeError, ValueError):
+            raise ConfigError("initialize: config fields have the wrong types") from None
+
+
+def open_backend(config: RuntimeConfig) -> TeeBackend:
+    """The TEE this process runs in. Simulation: the platform directory is the 'CPU'."""
+    if config.platform == "sim":
+        from enclave_kms.platform.sim.loader import running_identity
+        from enclave_kms.platform.sim.platform import SimPlatform
+
+        return SimPlatform.open(config.platform_dir).enclave(running_identity())
+    if config.platform == "gramine":
+        from enclave_kms.platform.gramine import GramineBackend
+
+        return GramineBackend()
+    raise ConfigError(f"initialize: unknown platform {config.platform!r}")
+
+
+class EnclaveRuntime:
+    """Holds the enclave's state between ECALLs; `handlers()` is the EDL ECALL table."""
+
+    def __init__(self, call: Call, *, backend: TeeBackend | None = None) -> None:
+        self._call = call
+        self.host = HostCalls(call)
+        self._backend = backend
+        self._config: RuntimeConfig | None = None
+        self._server: uvicorn.Server | None = None
+        self._state_lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.store: RecordStore | None = None
+        self.kms: KMSService | None = None
+        self.tokens: TokenService | None = None
+        self.audit: AuditLog | None = None
+        self.tls_key: ec.EllipticCurvePrivateKey | None = None
+        self.identity: tls.TlsIdentity | None = None
+        self.channel = ChannelEcalls(self)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def backend(self) -> TeeBackend:
+        if self._backend is None:
+            raise EnclaveKMSError("enclave is not initialized")
+        return self._backend
+
+    @property
+    def config(self) -> RuntimeConfig:
+        if self._config is None:
+            raise EnclaveKMSError("enclave is not initialized")
+        return self._config
+
+    def quote_for(self, report_data: bytes) -> bytes:
+        """A quote over our report data. Simulation models Open Enclave's path (EREPORT to the
+        QE, the host quotes it); Gramine quotes inside the library OS via /dev/attestation."""
+        if self.config.platform == "gramine":
+            return self.backend.get_quote(report_data)
+        return self.host.quote_for(self.backend, report_data)
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "initialize": self.initialize,
+            "set_up_server": self.set_up_server,
+            "get_report": self.get_report,
+            "get_evidence_with_pub_key": self.get_evidence_with_pub_key,
+            "shutdown": self.shutdown,
+            **self.channel.handlers(),
+        }
+
+    # ------------------------------------------------------------------ secrets
+
+    def _sealed_secret(self, id: str, policy: KeyPolicy, aad: bytes, make: Any) -> bytes:
+        """Unseal identity/<id>, or create it with `make()` and store it sealed (CAS)."""
+        for _ in range(3):
+            found = self.host.get("identity", id)
+            if found is not None:
+                version, blob = found
+                try:
+                    return self.backend.unseal(blob, aad)
+                except SealingError:
+                    if policy is KeyPolicy.MRSIGNER:
+                        raise  # never silently replace the storage root key
+                    log.warning("sealed %s belongs to another build; issuing a new one", id)
+            else:
+                version = 0
+            secret: bytes = make()
+            if self.host.put("identity", id, version, self.backend.seal(secret, policy, aad)):
+                return secret
+        raise ConflictError(f"identity/{id} keeps changing under us; refusing to start")
+
+    def _record(self, store: RecordStore, id: str, make: Any) -> tuple[int, Any]:
+        found = store.get("config", id)
+        if found is not None:
+            return found.version, found.value
+        value = make()
+        try:
+            return store.put("config", id, 0, value), value
+        except ConflictError:
+            again = store.get("config", id)
+            if again is None:
+                raise
+            return again.version, again.value
+
+    # ------------------------------------------------------------------ ECALLs
+
+    def initialize(self, config: bytes) -> dict[str, Any]:
+        with self._state_lock:
+            if self._config is not None:
+                raise ConflictError("enclave is already initialized")
+            cfg = RuntimeConfig.parse(config)
+            if self._backend is None:
+                self._backend = open_backend(cfg)
+            self._config = cfg
+            srk = self._sealed_secret(
+                "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
+            )
+            ident = self.backend.identity
+            tls_der = self._sealed_secret(
+                f"tls-key-{ident.mr_enclave.hex()[:32]}",
+                KeyPolicy.MRENCLAVE,
+                _TLS_AAD,
+                lambda: tls.key_to_der(tls.generate_tls_key()),
+            )
+            self.tls_key = tls.key_from_der(tls_der)
+            store = RecordStore(self.host, RecordCipher(srk))
+            _, audit_der = self._record(
+                store, "audit-key", lambda: tls.key_to_der(tls.generate_tls_key())
+            )
+            head_version, head = self._record(store, "audit-head", lambda: None)
+            head_state = {"version": head_version}
+
+            def persist_head(seq: int, prev: bytes) -> None:
+                head_state["version"] = store.put(
+                    "config", "audit-head", head_state["version"], [seq, prev]
+                )
+
+            self.audit = AuditLog(
+                tls.key_from_der(audit_der),
+                self.host.audit_append,
+                head=None if head is None else (int(head[0]), bytes(head[1])),
+                persist_head=persist_head,
+            )
+            self.store = store
+            self.kms = KMSService(store)
+            self.tokens = TokenService(store)
+            log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
+            return {"identity": cbor2.dumps(self.identity_claims())}
+
+    def identity_claims(self) -> dict[str, Any]:
+        ident = self.backend.identity
+        return {
+            "mr_enclave": ident.mr_enclave.hex(),
+            "mr_signer": ident.mr_signer.hex(),
+            "isv_prod_id": ident.isv_prod_id,
+            "isv_svn": ident.isv_svn,
+            "debug": ident.attributes.debug,
+            "simulated": self.config.platform == "sim",
+        }
+
+    def attest(self, nonce: bytes) -> AttestationBundle:
+        """Fresh evidence for /v1/attestation: report_data = SHA-256(SHA-256(SPKI) ‖ nonce)."""
+        identity = self.identity
+        if identity is None:
+            raise EnclaveKMSError("server identity not issued yet")
+        quote = self.quote_for(tls.report_data_for_spki(tls.spki_der(identity.key), nonce))
+        return AttestationBundle(
+            quote=quote,
+            collateral=self.host.collateral_for(quote),
+            certificate_pem=identity.certificate_pem,
+        )
+
+    def set_up_server(self, port: int, keep_server_up: bool) -> dict[str, Any]:
+        """Serve HTTPS from inside the enclave until `shutdown` (or one request if not kept up)."""
+        kms, tokens, audit, tls_key = self.kms, self.tokens, self.audit, self.tls_key
+        if kms is None or tokens is None or audit is None or tls_key is None:
+            raise EnclaveKMSError("enclave is not initialized")
+        with self._state_lock:
+            if self._server is not None:
+                raise ConflictError("the server is already running")
+            self.identity = tls.issue_identity(
+                tls_key,
+                self.quote_for,
+                datetime.now(UTC),
+                dns_names=self.config.dns_names,
+            )
+            app = create_app(
+                AppContext(
+                    kms=kms,
+                    tokens=tokens,
+                    audit=audit,
+                    attestation=self,
+                    identity=self.identity_claims(),
+                )
+            )
+            identity = self.identity
+            server_config = uvicorn.Config(
+                app,
+                host=self.config.listen_host,
+                port=port,
+                ssl_context_factory=lambda _cfg, _default: tls.ssl_context(identity),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                limit_max_requests=None if keep_server_up else 1,
+                timeout_keep_alive=30,
+            )
+            self._server = uvicorn.Server(server_config)
+        log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
+        self._server.run()
+        return {}
+
+    def _pem_key(self) -> bytes:
+        if self.tls_key is None:
+            raise EnclaveKMSError("enclave is not initialized")
+        pem = self.tls_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return pem.ljust(PEM_KEY_SIZE, b"\0")
+
+    def get_report(self) -> dict[str, Any]:
+        """The tutorial's report: OE header + quote binding SHA-256 of the padded PEM key."""
+        pem_key = self._pem_key()
+        quote = self.quote_for(hashlib.sha256(pem_key).digest() + bytes(32))
+        return {"pem_key": pem_key, "report": build_oe_report(quote)}
+
+    def get_evidence_with_pub_key(
+        self, format_id: bytes, format_settings: bytes | None
+    ) -> dict[str, Any]:
+        """OE evidence whose custom claims are the tutorial's "Event" and "Public key hash"."""
+        if format_id != OE_FORMAT_UUID_SGX_ECDSA:
+            raise UnsupportedFormatError(f"evidence format {format_id.hex()} is not SGX_ECDSA")
+        pem_key = self._pem_key()
+        claims = serialize_custom_claims(
+            [
+                CustomClaim("Event", b"enclave-kms: evidence with public key"),
+                CustomClaim("Public key hash", hashlib.sha256(pem_key).digest()),
+            ]
+        )
+        quote = self.quote_for(hashlib.sha256(claims).digest() + bytes(32))
+        evidence = OeEvidence(parse_quote(quote), claims).to_bytes()
+        return {"pem_key": pem_key, "evidence": evidence}
+
+    def shutdown(self) -> dict[str, Any]:
+        if self._server is not None:
+            self._server.should_exit = True
+        self.stopped.set()
+        return {}

@@ -1,0 +1,118 @@
+"""The enclave's TLS identity (DESIGN §9): a P-256 key born inside, a fresh RA-TLS certificate.
+
+The key is sealed to MRENCLAVE, so only this exact build can use it; a new build makes a new
+key and clients re-attest. At every start the enclave issues a new self-signed certificate
+whose Gramine-style extension carries a quote with report_data[0:32] = SHA-256(DER SPKI).
+
+Python's ssl module loads keys only from paths. The PEM therefore goes through an anonymous
+in-memory file (memfd) that never has a name on any filesystem the host can list, and is
+closed as soon as the context has read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enclave_kms.attestation.ratls import make_ratls_certificate
+from enclave_kms.errors import PlatformError
+
+CERT_LIFETIME = timedelta(days=7)
+
+
+def spki_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def report_data_for_spki(spki: bytes, nonce: bytes = b"") -> bytes:
+    """64-byte report data: SHA-256(SPKI) for the certificate, SHA-256(SHA-256(SPKI) ‖ nonce)
+    for a liveness answer, zero-padded."""
+    digest = hashlib.sha256(spki).digest()
+    if nonce:
+        digest = hashlib.sha256(digest + nonce).digest()
+    return digest + bytes(32)
+
+
+def generate_tls_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def key_from_der(der: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except ValueError:
+        raise PlatformError("sealed TLS key does not decode") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise PlatformError("sealed TLS key is not a P-256 key")
+    return key
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+    quote: bytes
+
+    @property
+    def spki_sha256(self) -> bytes:
+        return hashlib.sha256(spki_der(self.key)).digest()
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def issue_identity(
+    key: ec.EllipticCurvePrivateKey,
+    quote_for: Callable[[bytes], bytes],
+    now: datetime,
+    *,
+    dns_names: tuple[str, ...] = ("localhost",),
+) -> TlsIdentity:
+    """A fresh RA-TLS certificate for `key`, with evidence from `quote_for(report_data)`."""
+    quote = quote_for(report_data_for_spki(spki_der(key)))
+    cert = make_ratls_certificate(
+        key,
+        quote,
+        subject_cn="enclave-kms",
+        not_before=now - timedelta(minutes=5),
+        not_after=now + CERT_LIFETIME,
+        dns_names=dns_names,
+    )
+    return TlsIdentity(key, cert, quote)
+
+
+def ssl_context(identity: TlsIdentity) -> ssl.SSLContext:
+    """Server context (TLS 1.2+, modern ciphers) loaded from memory, never from a named file."""
+    pem = identity.certificate_pem + identity.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    fd = os.memfd_create("enclave-kms-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return ctx

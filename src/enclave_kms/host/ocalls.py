@@ -1,0 +1,123 @@
+"""The host's side of every OCALL: quoting, collateral, sealed-blob storage, audit, logs.
+
+Kept deliberately dumb (DESIGN §4): the host moves bytes it cannot read. Everything here is
+untrusted from the enclave's point of view, which checks every result it gets back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from enclave_kms.attestation.collateral import collateral_to_json
+from enclave_kms.attestation.sources import CollateralSource
+from enclave_kms.errors import PlatformError
+from enclave_kms.host.storage import Storage
+from enclave_kms.platform.sim.platform import SimPlatform
+from enclave_kms.sgx.pck import parse_pck_extension, pck_ca_kind
+from enclave_kms.sgx.quote import parse_quote
+from enclave_kms.sgx.report import Report
+
+enclave_log = logging.getLogger("enclave_kms.enclave")
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class QuotingService(Protocol):
+    """What the host offers for attestation: the QE's target, quoting, and collateral."""
+
+    def target_info(self) -> bytes: ...
+    def quote(self, report: bytes) -> bytes: ...
+    def collateral(self, quote: bytes) -> bytes: ...
+
+
+class SimQuoting:
+    """The simulated quoting enclave and PCS. Collateral is re-issued at most hourly."""
+
+    def __init__(
+        self,
+        platform: SimPlatform,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        refresh: timedelta = timedelta(hours=1),
+    ) -> None:
+        self._platform = platform
+        self._clock = clock
+        self._refresh = refresh
+        self._lock = threading.Lock()
+        self._cached: tuple[datetime, bytes] | None = None
+
+    def target_info(self) -> bytes:
+        return self._platform.qe.target_info().to_bytes()
+
+    def quote(self, report: bytes) -> bytes:
+        return self._platform.qe.quote(Report.parse(report))
+
+    def collateral(self, quote: bytes) -> bytes:
+        now = self._clock()
+        with self._lock:
+            if self._cached is None or now - self._cached[0] > self._refresh:
+                self._cached = (now, collateral_to_json(self._platform.collateral(now)))
+            return self._cached[1]
+
+
+class PccsQuoting:
+    """Hardware hosts: quoting happens inside Gramine; collateral comes from a PCCS/PCS."""
+
+    def __init__(self, source: CollateralSource) -> None:
+        self._source = source
+
+    def target_info(self) -> bytes:
+        raise PlatformError("quoting is done inside the enclave on this platform")
+
+    def quote(self, report: bytes) -> bytes:
+        raise PlatformError("quoting is done inside the enclave on this platform")
+
+    def collateral(self, quote: bytes) -> bytes:
+        parsed = parse_quote(quote)
+        leaf = parsed.pck_certificates()[0]
+        ext = parse_pck_extension(leaf)
+        return collateral_to_json(
+            self._source.get_collateral(
+                tee="tdx" if parsed.is_tdx else "sgx", fmspc=ext.fmspc, pck_ca=pck_ca_kind(leaf)
+            )
+        )
+
+
+class HostOcalls:
+    """The OCALL handler table for `Endpoint(serves="ocall")`."""
+
+    def __init__(self, storage: Storage, quoting: QuotingService) -> None:
+        self._storage = storage
+        self._quoting = quoting
+
+    def handlers(self) -> dict[str, Callable[..., dict[str, Any] | None]]:
+        return {
+            "get_qe_target_info": lambda: {"target_info": self._quoting.target_info()},
+            "get_quote": lambda report: {"quote": self._quoting.quote(report)},
+            "get_collateral": lambda quote: {"collateral": self._quoting.collateral(quote)},
+            "store_get": self.store_get,
+            "store_put": lambda kind, id, expected_version, blob: {
+                "ok": self._storage.put(kind, id, expected_version, blob)
+            },
+            "store_list": lambda kind, after, limit: {
+                "ids": self._storage.list_ids(kind, after, limit)
+            },
+            "store_delete": lambda kind, id, expected_version: {
+                "ok": self._storage.delete(kind, id, expected_version)
+            },
+            "audit_append": self.audit_append,
+            "log": self.log,
+        }
+
+    def store_get(self, kind: str, id: str) -> dict[str, Any]:
+        found = self._storage.get(kind, id)
+        return {"version": 0} if found is None else {"version": found[0], "blob": found[1]}
+
+    def audit_append(self, records: list[bytes]) -> dict[str, Any]:
+        self._storage.audit_append(records)
+        return {"ok": True}
+
+    def log(self, level: str, message: str) -> None:
+        enclave_log.log(_LEVELS.get(level, logging.INFO), "%s", message)
