@@ -33,9 +33,11 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
 	$(BIN)/python -m bench
 
 bench-quick: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
 	$(BIN)/python -m bench --quick
 
 clean:

@@ -12,6 +12,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("platform", "platform", "Create and drive the simulated SGX platform."),
     ("enclave", "enclave", "Build, sign and measure enclave images."),
     ("serve", "serve", "Start the KMS (simulation: host and enclave processes)."),
+    ("channel", "channel", "Secure channel between two enclaves."),
 )
 
 

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from enclave_kms.enclave.runtime import EnclaveRuntime
 
 
-def channel_message(index: int, mr_enclave: bytes) -> bytes:
+def channel_message(index: int, role: str, mr_enclave: bytes) -> bytes:
     """The enclave's own message number `index` (the sample sends fixed strings too)."""
-    return f"message {index} from enclave {mr_enclave.hex()[:16]}".encode()
+    return f"message {index} from the {role}, enclave {mr_enclave.hex()[:16]}".encode()
 
 
 class ChannelEcalls:
@@ -87,7 +87,8 @@ class ChannelEcalls:
         return {"message": self._get().acknowledge_secure_channel(message)}
 
     def generate_encrypted_message(self, index: int) -> dict[str, Any]:
-        plaintext = channel_message(index, self._rt.backend.identity.mr_enclave)
+        role = str(self._rt.config.channel.get("role", ""))
+        plaintext = channel_message(index, role, self._rt.backend.identity.mr_enclave)
         return {"message": self._get().generate_encrypted_message(plaintext)}
 
     def process_encrypted_msg(self, message: bytes) -> dict[str, Any]:

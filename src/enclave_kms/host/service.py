@@ -106,17 +106,22 @@ def _signer(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
-def ensure_image(data_dir: Path) -> LoadedImage:
-    """Simulation convenience: the data dir's own image, rebuilt and re-signed if stale."""
-    image_dir = data_dir / "image"
+def ensure_image(
+    image_dir: Path, signer_path: Path, config: EnclaveConfig | None = None
+) -> LoadedImage:
+    """Simulation convenience: an image signed by `signer_path` (created if absent), rebuilt
+    and re-signed when it no longer verifies (the code changed) or its config differs."""
+    config = config or EnclaveConfig()
     if (image_dir / "sigstruct.bin").exists():
         try:
-            return load_image(image_dir)
+            loaded = load_image(image_dir)
+            if loaded.config == config:
+                return loaded
         except ImageError as exc:
             log.warning("enclave image is stale (%s); rebuilding it", exc.message)
     image_dir.mkdir(parents=True, exist_ok=True)
-    build_image(image_dir, EnclaveConfig())
-    sign_image(image_dir, _signer(data_dir / "signer.pem"), dt.datetime.now(dt.UTC).date())
+    build_image(image_dir, config)
+    sign_image(image_dir, _signer(signer_path), dt.datetime.now(dt.UTC).date())
     return load_image(image_dir)
 
 
@@ -133,6 +138,40 @@ def _wait_listening(host: str, port: int, thread: threading.Thread, timeout: flo
     raise PlatformError(f"the enclave did not start listening on {host}:{port}")
 
 
+def launch_enclave(
+    image: LoadedImage,
+    platform: SimPlatform,
+    storage: SQLiteStorage,
+    data_dir: Path,
+    *,
+    listen_host: str = "127.0.0.1",
+    channel: dict[str, Any] | None = None,
+    observer: FrameObserver | None = None,
+    stderr_sink: Callable[[str], None] | None = None,
+) -> tuple[EnclaveProcess, dict[str, Any]]:
+    """Start an enclave process for `image` and run its `initialize` ECALL."""
+    pycache = _private_dir(data_dir / "pycache")
+    enclave = EnclaveProcess(
+        enclave_argv(image, pycache_prefix=pycache),
+        HostOcalls(storage, SimQuoting(platform)).handlers(),
+        observer=observer,
+        stderr_sink=stderr_sink,
+    ).start()
+    config = {
+        "platform": "sim",
+        "platform_dir": str(platform.path),
+        "listen_host": listen_host,
+        "dns_names": ["localhost", listen_host],
+        "channel": channel or {},
+    }
+    try:
+        reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=120)
+    except BaseException:
+        enclave.stop()
+        raise
+    return enclave, cbor2.loads(reply["identity"])
+
+
 def start(options: ServeOptions) -> Running:
     if options.platform != "sim":
         raise ConfigError(
@@ -141,28 +180,29 @@ def start(options: ServeOptions) -> Running:
         )
     data_dir = _private_dir(options.data_dir)
     platform = ensure_platform(options.platform_dir or data_dir / "platform")
-    image = load_image(options.image) if options.image else ensure_image(data_dir)
+    image = (
+        load_image(options.image)
+        if options.image
+        else ensure_image(data_dir / "image", data_dir / "signer.pem")
+    )
     root_path = data_dir / "sim-root.pem"
     root_path.write_bytes(platform.root_pem())
     storage = SQLiteStorage(data_dir / "kms.sqlite")
-    pycache = _private_dir(data_dir / "pycache")
-    enclave = EnclaveProcess(
-        enclave_argv(image, pycache_prefix=pycache),
-        HostOcalls(storage, SimQuoting(platform)).handlers(),
-        observer=options.observer,
-        stderr_sink=options.stderr_sink,
-    ).start()
     try:
-        config = {
-            "platform": "sim",
-            "platform_dir": str(platform.path),
-            "listen_host": options.host,
-            "dns_names": ["localhost", options.host],
-            "channel": options.channel,
-        }
-        identity = cbor2.loads(
-            enclave.call("initialize", config=cbor2.dumps(config), timeout=120)["identity"]
+        enclave, identity = launch_enclave(
+            image,
+            platform,
+            storage,
+            data_dir,
+            listen_host=options.host,
+            channel=options.channel,
+            observer=options.observer,
+            stderr_sink=options.stderr_sink,
         )
+    except BaseException:
+        storage.close()
+        raise
+    try:
         report = enclave.call("get_report", timeout=60)
         info = EnclaveInfo.from_report(report["report"], report["pem_key"])
         info_path = data_dir / "enclave.info.json"
