@@ -1,0 +1,111 @@
+"""The `hello` ceiling: a hello-world HTTPS endpoint on our own server stack.
+
+Same stack and settings as the enclave's server (`enclave_kms.enclave.runtime`): FastAPI on
+uvicorn, TLS terminated by uvicorn, no access log, no lifespan, 30 s keep-alive. Whatever
+enclave-kms does per request costs on top of this, so `hello` bounds every enclave-kms HTTP row
+(issue 7: ≥ 70 % of it). Run with 1 and 2 worker processes.
+
+Run as `python -m bench.peers.hello --port P --cert C --key K --workers N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from bench.peers.base import LOOPBACK, HttpOp, HttpTarget, ManagedProcess, free_port, make_tls
+
+app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+
+@app.get("/v1/hello")
+async def hello() -> dict[str, str]:
+    """`async def`: a plain `def` endpoint would add a hop through anyio's thread pool."""
+    return {"hello": "world"}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start(workdir: Path, workers: int) -> HttpTarget:
+    home = workdir / f"hello-{workers}"
+    tls = make_tls(home / "tls")
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    proc = ManagedProcess(
+        f"hello ({workers} workers)",
+        [
+            sys.executable,
+            "-m",
+            "bench.peers.hello",
+            "--port",
+            str(port),
+            "--cert",
+            str(tls.server_cert),
+            "--key",
+            str(tls.server_key),
+            "--workers",
+            str(workers),
+        ],
+        home / "server.log",
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        import httpx
+
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        base = f"https://{LOOPBACK}:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(base + "/v1/hello", verify=context, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        proc.wait_ready(ready)
+    except BaseException:
+        proc.stop()
+        raise
+    return HttpTarget(
+        system="ceiling",
+        base_url=base,
+        ops={"hello": HttpOp("GET", "/v1/hello")},
+        stop=proc.stop,
+        extra={"processes": workers, "stack": "uvicorn+fastapi"},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    uvicorn.run(
+        "bench.peers.hello:app",
+        host=LOOPBACK,
+        port=args.port,
+        workers=args.workers,
+        ssl_certfile=args.cert,
+        ssl_keyfile=args.key,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+    )
+
+
+if __name__ == "__main__":
+    main()
