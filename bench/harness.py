@@ -271,6 +271,11 @@ def network_phase(
                     select.group("http", kms_names, ("enclave-kms",)),
                     lambda: enclave_kms.enclave_kms_target(workdir),
                 ),
+                (
+                    "enclave-kms (1M keys)",
+                    select.group("http", ("encrypt-1m-keys",), ("enclave-kms",)),
+                    lambda: enclave_kms.enclave_kms_target(workdir, prefill=1_000_000),
+                ),
             ]
             for label, wanted, starter in starters:
                 if not wanted:

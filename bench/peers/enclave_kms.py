@@ -1,36 +1,32 @@
-"""PLUG-IN POINT: enclave-kms itself under the same HTTPS load as OpenBao.
+"""enclave-kms itself under the same HTTPS load as OpenBao: the real `enclave-kms serve`.
 
-`enclave_kms_target` is to be filled in when `enclave-kms serve` exists (issue 7). Until then it
-returns None and the harness skips the enclave-kms HTTP rows with a note in the results; every
-other row (peers, ceilings, attestation, platform) is measured already, so plugging it in adds
-rows and ratios and changes nothing else.
+The server runs in simulation with everything a production request pays for: bearer-token
+authentication, the audit chain (durable before each answer) and the sealed SQLite store,
+each crossing the EDL to the host process. The harness gets the admin token from
+`POST /v1/sys/init` with plain HTTPS (TLS unverified): the benchmark measures request
+throughput, not client attestation, which is measured separately (SDK first answer).
 
-What it must do (the lead's part):
-
-1. start `enclave-kms serve` in simulation in a `ManagedProcess` (bench/peers/base.py), on
-   127.0.0.1 and a `free_port()`, with authentication, audit and the sealed SQLite store on,
-   its platform and data directories under `workdir`; wait until it answers;
-2. obtain the admin token (`POST /v1/sys/init` over attested TLS, as a client would), create
-   one key per operation (aes256-gcm, ec-p256, ed25519, rsa-2048), encrypt once to have a
-   ciphertext for `decrypt`;
-3. return `HttpTarget(system="enclave-kms", base_url=..., ops=..., stop=...)` with `ops` keyed
-   by the row names below and the bearer token in each op's headers; `{n}` in a path or body
-   is replaced by a unique value per request (create-key);
-4. for `encrypt-1m-keys`: an op `encrypt-1m-keys` against a store pre-filled with 1,000,000
-   keys (and the 10-key case is `encrypt`); how to pre-fill quickly is the server's business.
-
-`enclave_kms_ops` below is the expected shape of the request set; adjust the paths and bodies
-to the real API (DESIGN §11).
+`encrypt-1m-keys` runs against a second server whose store holds 1,000,000 extra key
+records. They are written straight into SQLite by the harness as opaque blobs of the size of
+a real sealed AES key record: the enclave never opens them (it reads only the key it uses),
+so what they exercise is exactly what a large store changes for a request, the B-tree depth
+of every lookup and the size of the database file and its cache. Creating them through the
+API would take the better part of an hour, which says nothing about request latency.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
-from bench.peers.base import HttpOp, HttpTarget
+import httpx
+
+from bench.peers.base import LOOPBACK, HttpOp, HttpTarget, ManagedProcess, free_port, port_open
 
 #: Row names the enclave-kms HTTP target should provide (same names as OpenBao's rows).
 OPERATIONS = (
@@ -63,7 +59,7 @@ def enclave_kms_ops(token: str, ciphertext: str, keys: dict[str, str]) -> dict[s
     return {
         "encrypt": post(f"/v1/keys/{keys['aes256-gcm']}/encrypt", data),
         "decrypt": post(f"/v1/keys/{keys['aes256-gcm']}/decrypt", {"ciphertext": ciphertext}),
-        "datakey": post(f"/v1/keys/{keys['aes256-gcm']}/datakey", {"bits": 256}),
+        "datakey": post(f"/v1/keys/{keys['aes256-gcm']}/datakey", {"include_plaintext": True}),
         "sign-ecdsa-p256": post(f"/v1/keys/{keys['ec-p256']}/sign", {"input": PLAINTEXT}),
         "sign-ed25519": post(f"/v1/keys/{keys['ed25519']}/sign", {"input": PLAINTEXT}),
         "sign-rsa-2048": post(f"/v1/keys/{keys['rsa-2048']}/sign", {"input": PLAINTEXT}),
@@ -71,11 +67,74 @@ def enclave_kms_ops(token: str, ciphertext: str, keys: dict[str, str]) -> dict[s
     }
 
 
-def enclave_kms_target(workdir: Path) -> HttpTarget | None:
-    """Start enclave-kms in simulation and describe its operations; None = not available yet.
+def _fill(db: Path, count: int, blob_size: int) -> None:
+    """Insert `count` opaque key records (see the module docstring for why this is faithful)."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")
+        filler = os.urandom(blob_size)
+        batch = 50_000
+        for start in range(0, count, batch):
+            rows = [
+                ("key", f"filler-{i:07d}", 1, filler)
+                for i in range(start, min(count, start + batch))
+            ]
+            conn.executemany("INSERT INTO records(kind, id, version, blob) VALUES (?,?,?,?)", rows)
+            conn.commit()
+    finally:
+        conn.close()
 
-    TODO(lead): implement as described in the module docstring. Everything it starts must be
-    stopped by the returned target's `stop` (use ManagedProcess, which also cleans up at exit).
-    """
-    del workdir
-    return None
+
+def enclave_kms_target(workdir: Path, *, prefill: int = 0) -> HttpTarget | None:
+    """Start `enclave-kms serve` (simulation) and describe its operations."""
+    name = "enclave-kms" if not prefill else f"enclave-kms-{prefill}"
+    data_dir = workdir / name
+    port = free_port()
+    cli = Path(sys.executable).with_name("enclave-kms")
+    argv = [str(cli), "serve", "--data-dir", str(data_dir), "--listen", f"{LOOPBACK}:{port}"]
+    proc = ManagedProcess(name, argv, workdir / f"{name}.log")
+    try:
+        proc.wait_ready(lambda: port_open(port), timeout=180)
+        base = f"https://{LOOPBACK}:{port}"
+        with httpx.Client(base_url=base, verify=False, timeout=120) as http:
+            reply = http.post("/v1/sys/init")
+            reply.raise_for_status()
+            token = reply.json()["token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            keys: dict[str, str] = {}
+            for kind in ("aes256-gcm", "ec-p256", "ed25519", "rsa-2048"):
+                keys[kind] = f"bench-{kind}"
+                http.post(
+                    "/v1/keys", json={"name": keys[kind], "type": kind}, headers=auth
+                ).raise_for_status()
+            enc = http.post(
+                f"/v1/keys/{keys['aes256-gcm']}/encrypt",
+                json={"plaintext": PLAINTEXT},
+                headers=auth,
+            )
+            enc.raise_for_status()
+            ciphertext = enc.json()["ciphertext"]
+            if prefill:
+                blob = len(
+                    sqlite3.connect(data_dir / "kms.sqlite")
+                    .execute(
+                        "SELECT blob FROM records WHERE kind='key' AND id=?", (keys["aes256-gcm"],)
+                    )
+                    .fetchone()[0]
+                )
+                _fill(data_dir / "kms.sqlite", prefill, blob)
+        ops = enclave_kms_ops(token, ciphertext, keys)
+        if prefill:
+            ops = {"encrypt-1m-keys": ops["encrypt"]}
+        else:
+            ops.pop("encrypt-1m-keys", None)
+        for op in ops.values():  # every request must succeed once before the load
+            with httpx.Client(base_url=base, verify=False, timeout=120) as http:
+                body = op.body.replace("{n}", "warmup") if op.body else None
+                http.request(
+                    op.method, op.path, content=body, headers=dict(op.headers)
+                ).raise_for_status()
+    except BaseException:
+        proc.stop()
+        raise
+    return HttpTarget(system="enclave-kms", base_url=base, ops=ops, stop=proc.stop)

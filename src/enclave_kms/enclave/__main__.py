@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from enclave_kms.edl_endpoint import Endpoint
@@ -39,11 +40,16 @@ def main() -> None:
     root.addHandler(handler)
 
     endpoint.start()
-    # Live until the host asks us to stop or the channel to the host goes away.
+    # Live until the host asks us to stop or the channel to the host goes away. Without the
+    # host there is no storage and no audit, so nothing could be acknowledged: stop serving.
     while not runtime.stopped.wait(0.5):
         if endpoint.closed:
+            runtime.shutdown()
             break
+    runtime.wait_server_stopped(10)
+    time.sleep(0.2)  # let the last replies (shutdown, set_up_server) reach the host
     endpoint.close()
+    os._exit(0)  # the server's worker threads must not keep a host-less enclave alive
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class EnclaveRuntime:
         self._server: uvicorn.Server | None = None
         self._state_lock = threading.Lock()
         self.stopped = threading.Event()
+        self.server_done = threading.Event()
         self.store: RecordStore | None = None
         self.kms: KMSService | None = None
         self.tokens: TokenService | None = None
@@ -284,7 +285,10 @@ class EnclaveRuntime:
             )
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
-        self._server.run()
+        try:
+            self._server.run()
+        finally:
+            self.server_done.set()
         return {}
 
     def _pem_key(self) -> bytes:
@@ -323,3 +327,8 @@ class EnclaveRuntime:
             self._server.should_exit = True
         self.stopped.set()
         return {}
+
+    def wait_server_stopped(self, timeout: float) -> None:
+        """Give in-flight requests a moment to finish (uvicorn drains them on should_exit)."""
+        if self._server is not None:
+            self.server_done.wait(timeout)
