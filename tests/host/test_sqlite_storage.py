@@ -85,3 +85,42 @@ def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "dir.sqlite").mkdir()
     with pytest.raises(StorageError, match="cannot open storage"):
         SQLiteStorage(tmp_path / "dir.sqlite")
+
+
+def test_reads_do_not_wait_for_the_writer(db: SQLiteStorage) -> None:
+    db.put("key", "a", 0, b"v1")
+    got: list[tuple[int, bytes] | None] = []
+    with db._lock:  # a writer holding the lock, e.g. during a commit's fsync
+        reader = threading.Thread(target=lambda: got.append(db.get("key", "a")))
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive()
+    assert got == [(1, b"v1")]
+
+
+def test_readers_see_every_committed_write_from_many_threads(db: SQLiteStorage) -> None:
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        for i in range(100):
+            db.put("key", f"k{i:03d}", 0, b"x")
+
+    def reader() -> None:
+        try:
+            seen = 0
+            for _ in range(200):
+                ids = db.list_ids("key", "", 1000)
+                assert len(ids) >= seen  # never goes back
+                seen = len(ids)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(db.list_ids("key", "", 1000)) == 100

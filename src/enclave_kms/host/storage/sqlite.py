@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from enclave_kms.errors import StorageError
 from enclave_kms.host.storage import SCHEMA_VERSION
@@ -25,8 +26,10 @@ CREATE TABLE IF NOT EXISTS audit (
 
 
 class SQLiteStorage:
-    """One connection guarded by a lock: SQLite serialises writers anyway, and a single
-    connection keeps WAL checkpoints and durability settings in one place."""
+    """One writer connection guarded by a lock (SQLite serialises writers anyway, and one
+    connection keeps durability settings in one place), and a reader connection per thread:
+    in WAL mode readers see the last committed state without waiting for a writer's fsync,
+    so a key lookup never queues behind an audit commit."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -49,6 +52,29 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open storage {self.path}: {exc}") from None
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, check_same_thread=False, isolation_level=None, timeout=30
+                )
+                conn.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open storage {self.path}: {exc}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._reader().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage failure: {exc}") from None
 
     def _run(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
         try:
@@ -58,9 +84,8 @@ class SQLiteStorage:
             raise StorageError(f"storage failure: {exc}") from None
 
     def get(self, kind: str, id: str) -> tuple[int, bytes] | None:
-        row = self._run("SELECT version, blob FROM records WHERE kind=? AND id=?", (kind, id))
-        found = row.fetchone()
-        return None if found is None else (int(found[0]), bytes(found[1]))
+        rows = self._read("SELECT version, blob FROM records WHERE kind=? AND id=?", (kind, id))
+        return None if not rows else (int(rows[0][0]), bytes(rows[0][1]))
 
     def put(self, kind: str, id: str, expected_version: int, blob: bytes) -> bool:
         if expected_version == 0:
@@ -77,11 +102,11 @@ class SQLiteStorage:
         return cur.rowcount == 1
 
     def list_ids(self, kind: str, after: str, limit: int) -> list[str]:
-        rows = self._run(
+        rows = self._read(
             "SELECT id FROM records WHERE kind=? AND id>? ORDER BY id LIMIT ?",
             (kind, after, limit),
         )
-        return [str(r[0]) for r in rows.fetchall()]
+        return [str(r[0]) for r in rows]
 
     def delete(self, kind: str, id: str, expected_version: int) -> bool:
         cur = self._run(
@@ -105,9 +130,12 @@ class SQLiteStorage:
             raise StorageError(f"audit append failed: {exc}") from None
 
     def audit_records(self) -> list[bytes]:
-        rows = self._run("SELECT record FROM audit ORDER BY seq")
-        return [bytes(r[0]) for r in rows.fetchall()]
+        rows = self._read("SELECT record FROM audit ORDER BY seq")
+        return [bytes(r[0]) for r in rows]
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
             self._db.close()
