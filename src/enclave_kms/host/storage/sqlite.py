@@ -54,6 +54,7 @@ class SQLiteStorage:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # never the writer's lock: reads must not wait
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -66,7 +67,7 @@ class SQLiteStorage:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open storage {self.path}: {exc}") from None
             self._local.conn = conn
-            with self._lock:
+            with self._readers_lock:
                 self._readers.append(conn)
         return conn
 
@@ -134,8 +135,9 @@ class SQLiteStorage:
         return [bytes(r[0]) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
+        with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+        with self._lock:
             self._db.close()
