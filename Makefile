@@ -40,5 +40,8 @@ bench-quick: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
 	$(BIN)/python -m bench --quick
 
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.client.real_server import RealKMS
 
 REPO = Path(__file__).resolve().parents[1]
 SGX_TESTDATA = REPO.parent / "shared" / "testdata" / "sgx"
@@ -14,3 +19,12 @@ SGX_TESTDATA = REPO.parent / "shared" / "testdata" / "sgx"
 def sgx_testdata() -> Path:
     assert SGX_TESTDATA.is_dir(), f"missing test vectors at {SGX_TESTDATA}"
     return SGX_TESTDATA
+
+
+@pytest.fixture(scope="session")
+def real_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealKMS]:
+    """One real simulated KMS (initialised; admin token in `.token`) for the whole session."""
+    from tests.client.real_server import real_kms as start_real_kms
+
+    with start_real_kms(tmp_path_factory.mktemp("real-kms")) as kms:
+        yield kms

@@ -218,6 +218,7 @@ class EnclaveRuntime:
                 self.host.audit_append,
                 head=None if head is None else (int(head[0]), bytes(head[1])),
                 persist_head=persist_head,
+                tail_fn=self.host.audit_tail,  # crash recovery: see AuditLog
             )
             self.store = store
             self.kms = KMSService(store)
@@ -282,6 +283,7 @@ class EnclaveRuntime:
                 lifespan="off",
                 limit_max_requests=None if keep_server_up else 1,
                 timeout_keep_alive=30,
+                timeout_graceful_shutdown=2,  # in-flight requests finish; idle keep-alives close
             )
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
