@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/enclave-kms serve --platform sim
+	$(BIN)/enclave-kms serve --platform sim --data-dir data
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
