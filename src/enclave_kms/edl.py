@@ -273,6 +273,16 @@ OCALLS: tuple[Call, ...] = (
         "Durably append signed audit records; the enclave answers only after this returns.",
     ),
     Call(
+        "audit_tail",
+        "ocall",
+        (
+            _in("from_seq", "int", _U64),
+            _out("records", "bytes_list", 4096, item_bound=64 * _KiB),
+        ),
+        "Audit records from position `from_seq` on: after a crash between an append and the "
+        "sealed head's update, the enclave adopts the ones it can verify as its own.",
+    ),
+    Call(
         "log",
         "ocall",
         (_in("level", "str", 16), _in("message", "str", 4 * _KiB)),

@@ -53,8 +53,27 @@ def _encode(body: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tuple[byte
     return cbor2.dumps([raw, sig]), hashlib.sha256(raw).digest()
 
 
+def _decode(blob: bytes, index: int) -> tuple[bytes, bytes, dict[str, Any]]:
+    """(signed body bytes, signature, body) of one wire record; AuditError if malformed."""
+    try:
+        raw, sig = cbor2.loads(blob)
+        body = cbor2.loads(raw)
+        if not isinstance(body, dict) or set(body) != set(_FIELDS):
+            raise ValueError("fields")
+    except Exception:  # noqa: BLE001 - any undecodable record is simply "bad"
+        raise AuditError(f"audit record {index} is malformed") from None
+    return raw, sig, body
+
+
 class AuditLog:
-    """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns)."""
+    """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns).
+
+    Crash recovery: a batch is appended before the sealed head moves past it, so an enclave
+    (or host) killed in between leaves records beyond the sealed head; none of them was
+    acknowledged. With `tail_fn` (the audit_tail OCALL), a resumed log first adopts those that
+    continue its chain under its own key, so the next record follows the last one the host
+    really holds and `verify_chain` still passes over the whole log.
+    """
 
     def __init__(
         self,
@@ -64,6 +83,7 @@ class AuditLog:
         head: tuple[int, bytes] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         persist_head: Callable[[int, bytes], None] | None = None,
+        tail_fn: Callable[[int], Sequence[bytes]] | None = None,
     ) -> None:
         self._key = key
         self._append = append_fn
@@ -75,12 +95,33 @@ class AuditLog:
         self._durable_upto = -1
         self._failed_from: int | None = None
         self._next_seq, self._prev = head if head is not None else (0, GENESIS_PREV)
+        if tail_fn is not None:
+            self._adopt_tail(tail_fn(self._next_seq))
         self._enqueued = self._next_seq
-        if head is None:
+        if self._next_seq == 0:  # no genesis yet (not even one appended before a crash)
             pub = key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             self.record(AuditEvent("enclave", "audit.genesis", pub.hex(), "ok", "genesis"))
+
+    def _adopt_tail(self, tail: Sequence[bytes]) -> None:
+        """Move the head past the records the host holds beyond it, as far as they are ours:
+        signed by our key, in sequence, each linked to the one before."""
+        public = self._key.public_key()
+        seq, prev = self._next_seq, self._prev
+        for blob in tail:
+            try:
+                raw, sig, body = _decode(blob, seq)
+                public.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
+            except (AuditError, InvalidSignature, TypeError):
+                break  # not ours: the chain continues from the last one that is
+            if body["seq"] != seq or body["prev"] != prev:
+                break
+            seq, prev = seq + 1, hashlib.sha256(raw).digest()
+        if seq != self._next_seq:
+            self._next_seq, self._prev = seq, prev
+            if self._persist_head is not None:
+                self._persist_head(seq, prev)
 
     @property
     def public_key_sha256(self) -> str:
@@ -161,13 +202,7 @@ def verify_chain(records: Sequence[bytes], expected_key_sha256: str | None = Non
     key: ec.EllipticCurvePublicKey | None = None
     key_hash = ""
     for index, blob in enumerate(records):
-        try:
-            raw, sig = cbor2.loads(blob)
-            body = cbor2.loads(raw)
-            if not isinstance(body, dict) or set(body) != set(_FIELDS):
-                raise ValueError("fields")
-        except Exception:  # noqa: BLE001 - any undecodable record is simply "bad"
-            raise AuditError(f"audit record {index} is malformed") from None
+        raw, sig, body = _decode(blob, index)
         if body["seq"] != index:
             raise AuditError(f"audit record {index} has sequence {body['seq']}: records missing")
         if body["prev"] != prev:

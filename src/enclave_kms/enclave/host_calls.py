@@ -63,6 +63,11 @@ class HostCalls:
         if not self._call("audit_append", records=records)["ok"]:
             raise BoundaryError("host refused the audit append")
 
+    def audit_tail(self, from_seq: int) -> list[bytes]:
+        """What the host claims follows record `from_seq - 1`; `AuditLog` verifies it."""
+        records: list[bytes] = self._call("audit_tail", from_seq=from_seq)["records"]
+        return records
+
     # -------------------------------------------------------------- attestation
 
     def quote_for(self, backend: TeeBackend, report_data: bytes) -> bytes:

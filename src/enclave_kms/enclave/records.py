@@ -38,6 +38,7 @@ class RecordCipher:
     def __init__(self, storage_root_key: bytes) -> None:
         if len(storage_root_key) != 32:
             raise ValueError("storage root key must be 256 bits")
+        self._root = storage_root_key
         self._aead = {
             kind: AESGCM(
                 HKDF(
@@ -49,6 +50,20 @@ class RecordCipher:
             )
             for kind in _KINDS
         }
+
+    def for_installation(self, installation: bytes) -> RecordCipher:
+        """The cipher of one installation's key and token records (see `RecordStore`):
+        keys derived from the storage root key and the installation id drawn at init."""
+        if len(installation) != 32:
+            raise ValueError("installation id must be 256 bits")
+        return RecordCipher(
+            HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=installation,
+                info=b"enclave-kms/installation-root",
+            ).derive(self._root)
+        )
 
     def _for(self, kind: str) -> AESGCM:
         aead = self._aead.get(kind)

@@ -3,6 +3,16 @@
 `RecordStore` seals every value with `RecordCipher` before it reaches the backend (in the
 running enclave the backend is the storage OCALL proxy; in tests it can be any object with
 the host storage protocol's methods) and authenticates every blob it reads back.
+
+Installation binding. `POST /v1/sys/init` is anonymous and the host can always reach the
+port, so "initialised" must not be a fact the host can erase: if the init marker were all,
+deleting it (or rolling it back) would let the host mint itself an admin token over every
+existing key. So the marker carries a random installation id drawn at init, and key and
+token records are sealed under keys derived from it (`RecordCipher.for_installation`). A
+host that removes the marker can at most start a new, empty installation: the records of
+the real one do not open under another id. An enclave that has seen the marker keeps its
+binding for its whole life; before any init (unit tests, a fresh store) key and token
+records use the storage root key's own derivation.
 """
 
 from __future__ import annotations
@@ -12,6 +22,10 @@ from typing import Any, Protocol
 
 from enclave_kms.enclave.records import RecordCipher
 from enclave_kms.errors import ConflictError, IntegrityError
+
+INIT_MARKER = ("config", "tokens-initialized")
+"""Written once by `TokenService.init_admin`; its "installation" field binds the store."""
+_BOUND_KINDS = frozenset({"key", "token"})
 
 
 class Backend(Protocol):
@@ -33,6 +47,44 @@ class RecordStore:
     def __init__(self, backend: Backend, cipher: RecordCipher) -> None:
         self._backend = backend
         self._cipher = cipher
+        self._installation: bytes | None = None
+        self._bound: RecordCipher | None = None
+
+    # ------------------------------------------------------------------ installation
+
+    @property
+    def bound(self) -> bool:
+        return self._bound is not None
+
+    def bind(self, installation: bytes) -> None:
+        """Seal and open key and token records as those of `installation`, for good."""
+        if self._installation is not None:
+            if self._installation != installation:
+                raise ConflictError("the store is already bound to another installation")
+            return
+        self._bound = self._cipher.for_installation(installation)
+        self._installation = installation
+
+    def bound_to(self, installation: bytes) -> RecordStore:
+        """A view of the same backend bound to `installation` (init writes its admin token
+        through it before the marker makes the installation official)."""
+        view = RecordStore(self._backend, self._cipher)
+        view.bind(installation)
+        return view
+
+    def _cipher_for(self, kind: str) -> RecordCipher:
+        if kind not in _BOUND_KINDS:
+            return self._cipher
+        if self._bound is None:
+            # Another worker (or an earlier run) may have initialised since: look once more.
+            found = self.get(*INIT_MARKER)
+            value = None if found is None else found.value
+            installation = value.get("installation") if isinstance(value, dict) else None
+            if isinstance(installation, bytes) and len(installation) == 32:
+                self.bind(installation)
+        return self._bound or self._cipher
+
+    # ------------------------------------------------------------------ records
 
     def get(self, kind: str, id: str) -> Versioned | None:
         found = self._backend.get(kind, id)
@@ -41,12 +93,12 @@ class RecordStore:
         version, blob = found
         if not isinstance(version, int) or version < 1:
             raise IntegrityError(f"record {kind}/{id}: host returned version {version!r}")
-        return Versioned(version, self._cipher.open(kind, id, version, blob))
+        return Versioned(version, self._cipher_for(kind).open(kind, id, version, blob))
 
     def put(self, kind: str, id: str, expected_version: int, value: Any) -> int:
         """Write the next version; ConflictError if someone else wrote first."""
         new_version = expected_version + 1
-        blob = self._cipher.seal(kind, id, new_version, value)
+        blob = self._cipher_for(kind).seal(kind, id, new_version, value)
         if not self._backend.put(kind, id, expected_version, blob):
             raise ConflictError(f"record {kind}/{id} changed concurrently; retry")
         return new_version

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from enclave_kms.enclave.store import RecordStore
+from enclave_kms.enclave.store import INIT_MARKER, RecordStore
 from enclave_kms.errors import (
     ConflictError,
     IntegrityError,
@@ -68,7 +68,7 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PATTERN = re.compile(r"[A-Za-z0-9._\-*?\[\]!]{1,128}")
 _WILDCARDS = frozenset("*?[]!")
-_INIT_MARKER = ("config", "tokens-initialized")
+_INIT_MARKER = INIT_MARKER
 
 
 @dataclass(frozen=True)
@@ -280,14 +280,19 @@ class TokenService:
         return found.version, _TokenRecord.from_value(token_id, found.value)
 
     def _issue(
-        self, name: str, policies: tuple[TokenPolicy, ...], expires_at: datetime | None
+        self,
+        name: str,
+        policies: tuple[TokenPolicy, ...],
+        expires_at: datetime | None,
+        store: RecordStore | None = None,
     ) -> IssuedToken:
+        store = store or self._store
         for _ in range(_CAS_RETRIES):
             token_id, secret = os.urandom(8).hex(), os.urandom(32)
             info = TokenInfo(token_id, name, policies, self._now(), expires_at, None)
             record = _TokenRecord(info, _secret_hash(secret))
             try:
-                self._store.put("token", token_id, 0, record.to_value())
+                store.put("token", token_id, 0, record.to_value())
             except ConflictError:
                 continue  # 64-bit id collision: draw another
             return IssuedToken(f"{TOKEN_PREFIX}{token_id}_{_b64url(secret)}", info)
@@ -295,21 +300,32 @@ class TokenService:
 
     def init_admin(self) -> IssuedToken:
         """Issue the first admin token (every operation on every key). Works exactly once
-        per store, across restarts and replicas; afterwards ConflictError."""
-        if self._store.get(*_INIT_MARKER) is not None:
+        per store, across restarts and replicas; afterwards ConflictError.
+
+        Each init draws a new installation id that key and token records are bound to
+        (`store.RecordStore`): a host that deletes the marker to run init again gets an
+        admin token for a new, empty installation, never for the existing keys.
+        """
+        if self._store.bound or self._store.get(*_INIT_MARKER) is not None:
             raise ConflictError("already initialised")
-        issued = self._issue("admin", (ADMIN_POLICY,), None)
-        marker = {"admin_token_id": issued.info.id, "at": self._now().isoformat()}
+        installation = os.urandom(32)
+        issued = self._issue("admin", (ADMIN_POLICY,), None, self._store.bound_to(installation))
+        marker = {
+            "admin_token_id": issued.info.id,
+            "at": self._now().isoformat(),
+            "installation": installation,
+        }
         try:
             self._store.put(*_INIT_MARKER, 0, marker)
         except ConflictError:
             # Someone else initialised first: withdraw ours so no second admin exists.
             self._store.delete("token", issued.info.id, 1)
             raise ConflictError("already initialised") from None
+        self._store.bind(installation)
         return issued
 
     def is_initialised(self) -> bool:
-        return self._store.get(*_INIT_MARKER) is not None
+        return self._store.bound or self._store.get(*_INIT_MARKER) is not None
 
     def create_token(
         self,

@@ -22,6 +22,7 @@ from enclave_kms.sgx.quote import parse_quote
 from enclave_kms.sgx.report import Report
 
 enclave_log = logging.getLogger("enclave_kms.enclave")
+AUDIT_TAIL_LIMIT = 4096  # the EDL bound of audit_tail (and of one audit_append batch)
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -108,6 +109,9 @@ class HostOcalls:
                 "ok": self._storage.delete(kind, id, expected_version)
             },
             "audit_append": self.audit_append,
+            "audit_tail": lambda from_seq: {
+                "records": self._storage.audit_tail(from_seq, AUDIT_TAIL_LIMIT)
+            },
             "log": self.log,
         }
 

@@ -33,6 +33,9 @@ class Storage(Protocol):
     def audit_append(self, records: list[bytes]) -> None:
         """Append audit records durably, in order, atomically as one batch."""
 
+    def audit_tail(self, from_seq: int, limit: int) -> list[bytes]:
+        """At most `limit` audit records from position `from_seq` (0-based) on."""
+
     def audit_records(self) -> list[bytes]:
         """Every audit record in append order (for `audit verify`)."""
 

@@ -130,6 +130,12 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"audit append failed: {exc}") from None
 
+    def audit_tail(self, from_seq: int, limit: int) -> list[bytes]:
+        rows = self._read(
+            "SELECT record FROM audit ORDER BY seq LIMIT ? OFFSET ?", (limit, from_seq)
+        )
+        return [bytes(r[0]) for r in rows]
+
     def audit_records(self) -> list[bytes]:
         rows = self._read("SELECT record FROM audit ORDER BY seq")
         return [bytes(r[0]) for r in rows]
