@@ -29,13 +29,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import dcap_qvl
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from enclave_kms.attestation.collateral import to_dcap_qvl
 from enclave_kms.attestation.types import Collateral, TcbStatus, TrustRoot, VerifiedQuote
-from enclave_kms.errors import AttestationError, FormatError, VerifierDisagreementError
+from enclave_kms.errors import (
+    AttestationError,
+    CollateralError,
+    FormatError,
+    VerifierDisagreementError,
+)
 from enclave_kms.sgx.quote import Quote, parse_quote
 from enclave_kms.sgx.report import ReportBody
 from enclave_kms.sgx.tdx import TdReport10, TdReport15
@@ -57,32 +62,14 @@ class DcapQvlResult:
         return f"rejected: {self.error}"
 
 
-def to_dcap_collateral(collateral: Collateral) -> Any:
-    """Our Collateral as dcap-qvl's QuoteCollateralV3 (PEM and JSON as text, the rest bytes).
-
-    Raises UnicodeDecodeError if a text field is not UTF-8 (dcap-qvl cannot be asked then).
-    """
-    return dcap_qvl.QuoteCollateralV3(
-        pck_crl_issuer_chain=collateral.pck_crl_issuer_chain.decode("utf-8"),
-        root_ca_crl=bytes(collateral.root_ca_crl),
-        pck_crl=bytes(collateral.pck_crl),
-        tcb_info_issuer_chain=collateral.tcb_info_issuer_chain.decode("utf-8"),
-        tcb_info=collateral.tcb_info.decode("utf-8"),
-        tcb_info_signature=bytes(collateral.tcb_info_signature),
-        qe_identity_issuer_chain=collateral.qe_identity_issuer_chain.decode("utf-8"),
-        qe_identity=collateral.qe_identity.decode("utf-8"),
-        qe_identity_signature=bytes(collateral.qe_identity_signature),
-    )
-
-
 def run_dcap_qvl(
     quote: bytes, collateral: Collateral, *, trust_root: TrustRoot, now: datetime
 ) -> DcapQvlResult:
     """Ask dcap-qvl (pinned to the same root, at the same second) and normalise its answer."""
     root_der = trust_root.certificate.public_bytes(Encoding.DER)
     try:
-        theirs = to_dcap_collateral(collateral)
-    except UnicodeDecodeError:
+        theirs = to_dcap_qvl(collateral)
+    except CollateralError:
         return DcapQvlResult(False, error="collateral text is not UTF-8", asked=False)
     try:
         report = dcap_qvl.verify_with_root_ca(bytes(quote), theirs, root_der, int(now.timestamp()))
