@@ -110,3 +110,41 @@ def test_expected_key_is_enforced_and_garbage_is_malformed() -> None:
         verify_chain([records[0], b"\xff\x00garbage"])
     with pytest.raises(AuditError, match="empty"):
         verify_chain([])
+
+
+def test_resumed_log_adopts_its_own_unrecorded_tail() -> None:
+    """A crash between the audit append and the sealed-head update: the restarted enclave
+    continues after the records it can prove are its own, so the chain still verifies."""
+    sink = Sink()
+    key = ec.generate_private_key(ec.SECP256R1())
+    heads: list[tuple[int, bytes]] = []
+    log = AuditLog(key, sink, persist_head=lambda s, p: heads.append((s, p)))
+    log.record(_event(1))
+    stale_head = heads[-1]  # what the sealed head said before the crash
+    log.record(_event(2))  # appended, but pretend the head update was lost
+    resumed = AuditLog(
+        key,
+        sink,
+        head=stale_head,
+        tail_fn=lambda seq: sink.records[seq:],
+        persist_head=lambda s, p: heads.append((s, p)),
+    )
+    assert resumed.head[0] == len(sink.records)
+    resumed.record(_event(3))
+    assert verify_chain(sink.records).records == 4
+
+
+def test_resumed_log_refuses_a_tail_it_did_not_sign() -> None:
+    sink = Sink()
+    key = ec.generate_private_key(ec.SECP256R1())
+    heads: list[tuple[int, bytes]] = []
+    log = AuditLog(key, sink, persist_head=lambda s, p: heads.append((s, p)))
+    log.record(_event(1))
+    head = heads[-1]
+    forged = _chain(3)[head[0] :]  # records signed by another key, inserted by the host
+    resumed = AuditLog(key, sink, head=head, tail_fn=lambda seq: forged)
+    assert resumed.head == head  # nothing adopted
+    sink.records.extend(forged)
+    resumed.record(_event(2))
+    with pytest.raises(AuditError, match=f"record {head[0]}"):
+        verify_chain(sink.records)

@@ -76,3 +76,25 @@ def test_nonsense_from_the_host_is_refused() -> None:
         store.get("key", "a")
     with pytest.raises(IntegrityError, match="malformed"):
         store.list_ids("key")
+
+
+def test_installation_binding_keeps_records_from_another_installation_closed(
+    paths: Path,
+) -> None:
+    """A host that deletes the init marker can only start a new, empty installation: the
+    records of the real one do not open under another installation id."""
+    backend = SQLiteStorage(paths)
+    cipher = RecordCipher(os.urandom(32))
+    real = RecordStore(backend, cipher)
+    real.bind(os.urandom(32))
+    real.put("key", "payments", 0, {"material": "real"})
+    impostor = RecordStore(backend, cipher)
+    impostor.bind(os.urandom(32))
+    with pytest.raises(IntegrityError, match="key/payments"):
+        impostor.get("key", "payments")
+    with pytest.raises(ConflictError, match="another installation"):
+        real.bind(os.urandom(32))
+    config_view = RecordStore(backend, cipher)  # config records are not installation-bound
+    config_view.put("config", "c", 0, {"x": 1})
+    got = impostor.get("config", "c")
+    assert got is not None
