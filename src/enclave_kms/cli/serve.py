@@ -63,9 +63,15 @@ def serve(
     console.print(
         f"  [yellow]SIMULATION[/yellow]: no SGX here; the simulated root is {running.root_path}"
     )
+    root = running.root_path
+    console.print("next, in another shell (the policy names this simulated root explicitly):")
     console.print(
-        f"next: enclave-kms init {running.url} --trust-root {running.root_path}   "
-        "(issues the first admin token over attested TLS)"
+        f"  enclave-kms policy from-server {running.url} --trust-root {root} --out policy.toml",
+        markup=False,
+    )
+    console.print(
+        f"  enclave-kms init {running.url} --trust-root {root} --policy policy.toml",
+        markup=False,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
