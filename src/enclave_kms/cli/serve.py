@@ -7,11 +7,15 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from enclave_kms.errors import UsageError
+
+if TYPE_CHECKING:
+    from enclave_kms.host.service import GramineRunning, Running
 
 app = typer.Typer()
 
@@ -29,29 +33,41 @@ def _listen(value: str) -> tuple[str, int]:
 
 @app.callback(invoke_without_command=True)
 def serve(
+    *,
     listen: str = typer.Option("127.0.0.1:8443", help="Address the enclave serves HTTPS on."),
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, help="Where sealed state and the image live."),
-    platform: str = typer.Option("sim", help="TEE platform: 'sim' (simulated SGX)."),
+    platform: str = typer.Option(
+        "sim", help="TEE platform: 'sim' (simulated SGX) or 'gramine' (SGX hardware)."
+    ),
     image: Path | None = typer.Option(None, help="A signed enclave image to run as is."),
     platform_dir: Path | None = typer.Option(None, help="Simulated platform directory."),
+    gramine_dir: Path | None = typer.Option(
+        None, help="Hardware: the directory with the signed enclave-kms.manifest.sgx."
+    ),
+    pccs_url: str | None = typer.Option(
+        None, help="Hardware: the PCCS (or Intel PCS) base URL for collateral."
+    ),
 ) -> None:
     """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
-    from enclave_kms.host.service import ServeOptions, start
+    from enclave_kms.host.service import GramineRunning, ServeOptions, start, start_gramine
 
+    if platform not in ("sim", "gramine"):
+        raise UsageError(f"--platform {platform!r}: expected 'sim' or 'gramine'")
     host, port = _listen(listen)
     console = Console(highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    options = ServeOptions(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        platform=platform,
+        image=image,
+        platform_dir=platform_dir,
+        gramine_dir=gramine_dir,
+        pccs_url=pccs_url,
+    )
     with console.status("starting the enclave (measuring and loading the image)…"):
-        running = start(
-            ServeOptions(
-                data_dir=data_dir,
-                host=host,
-                port=port,
-                platform=platform,
-                image=image,
-                platform_dir=platform_dir,
-            )
-        )
+        running = start(options) if platform == "sim" else start_gramine(options)
     ident = running.identity
     console.print(f"[bold]enclave-kms[/bold] is serving on {running.url}")
     console.print(f"  MRENCLAVE   {ident['mr_enclave']}")
@@ -60,6 +76,11 @@ def serve(
         f"  ProductID {ident['isv_prod_id']}, SVN {ident['isv_svn']}, debug {ident['debug']}"
     )
     console.print(f"  enclave info (tutorial JSON): {running.info_path}")
+    if isinstance(running, GramineRunning):
+        console.print("  SGX hardware (Gramine); clients verify against Intel's root")
+        console.print(f"next: enclave-kms policy from-server {running.url} --out policy.toml")
+        _wait(running, console)
+        return
     console.print(
         f"  [yellow]SIMULATION[/yellow]: no SGX here; the simulated root is {running.root_path}"
     )
@@ -73,6 +94,11 @@ def serve(
         f"  enclave-kms init {running.url} --trust-root {root} --policy policy.toml",
         markup=False,
     )
+    _wait(running, console)
+
+
+def _wait(running: Running | GramineRunning, console: Console) -> None:
+    """Serve until SIGINT/SIGTERM or the enclave's exit, then stop everything."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -26,10 +26,11 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from enclave_kms.attestation.sources import PccsClient
 from enclave_kms.edl_endpoint import FrameObserver
-from enclave_kms.errors import ConfigError, EnclaveKMSError, ImageError, PlatformError
+from enclave_kms.errors import ConfigError, EnclaveKMSError, ImageError, PlatformError, UsageError
 from enclave_kms.host.launcher import EnclaveProcess
-from enclave_kms.host.ocalls import HostOcalls, SimQuoting
+from enclave_kms.host.ocalls import HostOcalls, PccsQuoting, SimQuoting
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 from enclave_kms.platform.image import EnclaveConfig, build_image, sign_image
 from enclave_kms.platform.sim.loader import LoadedImage, enclave_argv, load_image
@@ -51,6 +52,26 @@ class ServeOptions:
     observer: FrameObserver | None = None
     stderr_sink: Callable[[str], None] | None = None
     channel: dict[str, Any] = field(default_factory=dict)
+    gramine_dir: Path | None = None  # hardware: where enclave-kms.manifest.sgx lives
+    pccs_url: str | None = None  # hardware: where collateral comes from
+
+
+@dataclass
+class GramineRunning:
+    """A server on SGX hardware: Gramine measured and launched the enclave; no image here."""
+
+    url: str
+    enclave: EnclaveProcess
+    storage: SQLiteStorage
+    info_path: Path
+    identity: dict[str, Any]
+    server_thread: threading.Thread
+
+    def stop(self) -> int | None:
+        code = self.enclave.stop()
+        self.server_thread.join(10)
+        self.storage.close()
+        return code
 
 
 @dataclass
@@ -172,11 +193,76 @@ def launch_enclave(
     return enclave, cbor2.loads(reply["identity"])
 
 
+def _publish(
+    enclave: EnclaveProcess, data_dir: Path, host: str, port: int
+) -> tuple[Path, threading.Thread]:
+    """The tutorial's host steps: write enclave.info.json, then serve until stopped."""
+    report = enclave.call("get_report", timeout=60)
+    info = EnclaveInfo.from_report(report["report"], report["pem_key"])
+    info_path = data_dir / "enclave.info.json"
+    info_path.write_bytes(info.to_json())
+    thread = threading.Thread(
+        target=lambda: _serve(enclave, port), name="set_up_server", daemon=True
+    )
+    thread.start()
+    _wait_listening(host, port, thread, timeout=60)
+    return info_path, thread
+
+
+def start_gramine(options: ServeOptions) -> GramineRunning:
+    """SGX hardware: `gramine-sgx enclave-kms` in the deployment directory (deploy/gramine
+    says how to build and sign it); quoting happens inside Gramine, collateral comes from a
+    PCCS; the OCALL table and everything else is the same as in simulation."""
+    if (
+        options.gramine_dir is None
+        or not (options.gramine_dir / "enclave-kms.manifest.sgx").is_file()
+    ):
+        raise UsageError(
+            "--gramine-dir DIR: the directory holding the signed enclave-kms.manifest.sgx "
+            "(see deploy/gramine)"
+        )
+    if not options.pccs_url:
+        raise UsageError("--pccs-url URL: the PCCS (or Intel PCS) that serves collateral")
+    data_dir = _private_dir(options.data_dir)
+    storage = SQLiteStorage(data_dir / "kms.sqlite")
+    enclave = EnclaveProcess(
+        ["gramine-sgx", "enclave-kms"],
+        HostOcalls(storage, PccsQuoting(PccsClient(options.pccs_url))).handlers(),
+        cwd=options.gramine_dir,
+        observer=options.observer,
+        stderr_sink=options.stderr_sink,
+    )
+    try:
+        enclave.start()
+        config = {
+            "platform": "gramine",
+            "listen_host": options.host,
+            "dns_names": ["localhost", options.host],
+            "channel": options.channel,
+        }
+        identity = cbor2.loads(
+            enclave.call("initialize", config=cbor2.dumps(config), timeout=300)["identity"]
+        )
+        info_path, thread = _publish(enclave, data_dir, options.host, options.port)
+    except BaseException:
+        enclave.stop()
+        storage.close()
+        raise
+    return GramineRunning(
+        url=f"https://{options.host}:{options.port}",
+        enclave=enclave,
+        storage=storage,
+        info_path=info_path,
+        identity=identity,
+        server_thread=thread,
+    )
+
+
 def start(options: ServeOptions) -> Running:
     if options.platform != "sim":
         raise ConfigError(
-            "only --platform sim runs on this host; on SGX hardware run the Gramine "
-            "deployment (deploy/gramine), whose host process is the same"
+            f"--platform {options.platform!r}: this function starts simulation; "
+            "use start_gramine for SGX hardware"
         )
     data_dir = _private_dir(options.data_dir)
     platform = ensure_platform(options.platform_dir or data_dir / "platform")
@@ -203,15 +289,7 @@ def start(options: ServeOptions) -> Running:
         storage.close()
         raise
     try:
-        report = enclave.call("get_report", timeout=60)
-        info = EnclaveInfo.from_report(report["report"], report["pem_key"])
-        info_path = data_dir / "enclave.info.json"
-        info_path.write_bytes(info.to_json())
-        thread = threading.Thread(
-            target=lambda: _serve(enclave, options.port), name="set_up_server", daemon=True
-        )
-        thread.start()
-        _wait_listening(options.host, options.port, thread, timeout=60)
+        info_path, thread = _publish(enclave, data_dir, options.host, options.port)
     except BaseException:
         enclave.stop()
         storage.close()
