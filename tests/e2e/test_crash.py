@@ -128,6 +128,7 @@ def test_enclave_killed_during_a_burst_loses_no_acknowledged_write(
         pid = server.live.enclave.pid
         assert pid is not None
         acks = burst_then_kill(server.url, server.token, "ek", pid)
+        server.live.enclave.wait(10)  # SIGKILL is asynchronous: let the kernel finish it
         assert not server.live.enclave.alive()
         server.stop()  # the host side notices and cleans up
         server.start()
