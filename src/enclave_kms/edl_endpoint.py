@@ -182,7 +182,10 @@ class Endpoint:
 
     def _on_frame(self, frame: edl.Frame) -> None:
         if frame.t == "call":
-            self._pool.submit(self._serve, frame)
+            try:
+                self._pool.submit(self._serve, frame)
+            except RuntimeError:  # closed between reading the frame and dispatching it
+                raise BoundaryError("EDL channel closed") from None
             return
         with self._pending_lock:
             fut = self._pending.get(frame.id)

@@ -203,3 +203,11 @@ def test_error_codes_map_back_to_their_classes() -> None:
     unknown = error_from_frame("weird", "x")
     assert isinstance(unknown, RemoteError)
     assert unknown.code == "weird"
+
+
+def test_a_call_arriving_after_close_is_refused_not_crashed() -> None:
+    p = Pair(_handlers("ecall"), _handlers("ocall"))
+    p.host.close()
+    with pytest.raises(BoundaryError, match="closed"):
+        p.host._on_frame(edl.Frame(7, "call", fn="log", body={"level": "info", "message": "x"}))
+    p.close()
