@@ -32,10 +32,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from enclave_kms.attestation.collateral import load_collateral
-from enclave_kms.attestation.ratls import RaTlsForm, verify_ratls_certificate
+from enclave_kms.attestation.ratls import (
+    OE_FORMAT_UUID_SGX_ECDSA,
+    RaTlsForm,
+    verify_ratls_certificate,
+)
 from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.attestation.verify import verify_quote
 from enclave_kms.enclave.audit import verify_chain
+from enclave_kms.errors import UnsupportedFormatError
+from enclave_kms.sgx.oe import OeEvidence
 from tests.e2e.conftest import CLI, Server, b64, fails, ok, unb64
 
 pytestmark = pytest.mark.slow
@@ -783,3 +789,29 @@ def test_restart_every_key_still_works(kms: Server, memo: Memo) -> None:
     verified = verify_chain(records, head["public_key_sha256"])
     assert verified.records >= head["records"]
     assert verify_chain(records[: head["records"]]).last_hash.hex() == head["head_hash"]
+
+
+def test_evidence_with_pub_key_carries_the_tutorial_claims(kms: Server, c: httpx.Client) -> None:
+    """The tutorial's get_evidence_with_pub_key ECALL: OE evidence whose custom claims are
+    "Event" and "Public key hash" (of the padded PEM key), bound by a quote that verifies."""
+    reply = kms.live.enclave.call(
+        "get_evidence_with_pub_key", format_id=OE_FORMAT_UUID_SGX_ECDSA, format_settings=None
+    )
+    evidence = OeEvidence.parse(reply["evidence"])
+    evidence.check_binding()
+    claims = {claim.name: claim.value for claim in evidence.custom_claims()}
+    assert set(claims) == {"Event", "Public key hash"}
+    assert claims["Public key hash"] == hashlib.sha256(reply["pem_key"]).digest()
+    assert reply["pem_key"].startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert len(reply["pem_key"]) == 512
+    att = ok(c.get("/v1/attestation", params={"nonce": os.urandom(16).hex()}))
+    collateral = load_collateral(json.dumps(att["collateral"]).encode())
+    root = TrustRoot.from_pem(kms.live.root_path.read_bytes())
+    verified = verify_quote(
+        evidence.quote.to_bytes(), collateral, trust_root=root, now=datetime.now(UTC)
+    )
+    assert verified.mr_enclave.hex() == kms.live.identity["mr_enclave"]
+    with pytest.raises(UnsupportedFormatError, match="not SGX_ECDSA"):
+        kms.live.enclave.call(
+            "get_evidence_with_pub_key", format_id=bytes(16), format_settings=None
+        )
