@@ -26,6 +26,7 @@ decided on a quote we cannot parse.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,13 +63,35 @@ class DcapQvlResult:
         return f"rejected: {self.error}"
 
 
+# Pure conversions of inputs that repeat for every quote of a platform, memoised (bounded):
+# dcap-qvl itself is still asked about every quote, with the same objects it would be given
+# fresh (its collateral object is immutable), and re-checks everything in it on every call.
+
+
+@functools.lru_cache(maxsize=32)
+def _dcap_collateral(collateral: Collateral) -> object:
+    return to_dcap_qvl(collateral)
+
+
+def _dcap_collateral_of(collateral: Collateral) -> object:
+    try:
+        return _dcap_collateral(collateral)
+    except TypeError:  # a field that is not bytes cannot key the memo: convert it directly
+        return to_dcap_qvl(collateral)
+
+
+@functools.lru_cache(maxsize=8)
+def _root_der(trust_root: TrustRoot) -> bytes:
+    return trust_root.certificate.public_bytes(Encoding.DER)
+
+
 def run_dcap_qvl(
     quote: bytes, collateral: Collateral, *, trust_root: TrustRoot, now: datetime
 ) -> DcapQvlResult:
     """Ask dcap-qvl (pinned to the same root, at the same second) and normalise its answer."""
-    root_der = trust_root.certificate.public_bytes(Encoding.DER)
+    root_der = _root_der(trust_root)
     try:
-        theirs = to_dcap_qvl(collateral)
+        theirs = _dcap_collateral_of(collateral)
     except CollateralError:
         return DcapQvlResult(False, error="collateral text is not UTF-8", asked=False)
     try:
@@ -80,8 +103,14 @@ def run_dcap_qvl(
 
 def _tcb_info_version(collateral: Collateral) -> int | None:
     """A lenient peek (the signature is not checked here: this only decides applicability)."""
+    return _json_version(bytes(collateral.tcb_info))
+
+
+@functools.lru_cache(maxsize=32)
+def _json_version(data: bytes) -> int | None:
+    """The top-level "version" of a JSON object (memoised: the same TCB Info every quote)."""
     try:
-        doc = json.loads(collateral.tcb_info)
+        doc = json.loads(data)
     except (ValueError, RecursionError):
         return None
     version = doc.get("version") if isinstance(doc, dict) else None

@@ -53,7 +53,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enclave_kms.attestation import second_opinion as dcap
 from enclave_kms.attestation import x509chain
@@ -104,12 +104,17 @@ STEP_QUOTE_SIGNATURE = "quote_signature"
 # --------------------------------------------------------------------------- primitives
 
 
+def _require_p256(key: object, *, what: str, step: str) -> ec.EllipticCurvePublicKey:
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise SignatureError(f"{what}: signer key is not ECDSA P-256", step=step)
+    return key
+
+
 def verify_p256_signature(
     key: object, signature: bytes, data: bytes, *, what: str, step: str
 ) -> None:
     """Verify a raw 64-byte r||s ECDSA-P256-SHA256 signature (Intel's encoding everywhere)."""
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise SignatureError(f"{what}: signer key is not ECDSA P-256", step=step)
+    key = _require_p256(key, what=what, step=step)
     if len(signature) != 64:
         raise SignatureError(f"{what}: signature is {len(signature)} bytes, expected 64", step=step)
     r = int.from_bytes(signature[:32], "big")
@@ -138,8 +143,9 @@ def _check_now(now: datetime) -> None:
 # --------------------------------------------------------------------------- memoised checks
 #
 # Pure checks over immutable inputs (bytes, certificates, a datetime), memoised: every quote of
-# a platform shares the same collateral and chains, so re-verifying costs only the quote's own
-# signatures. Failures raise and are therefore never cached; keys are the full inputs.
+# a platform shares the same collateral, chains and QE report, so re-verifying costs only the
+# quote's own signature and grading. Failures raise and are therefore never cached; keys are
+# the full inputs.
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,6 +190,32 @@ def _parse_qe_identity(data: bytes) -> EnclaveIdentity:
         return EnclaveIdentity.parse(data)
     except FormatError as exc:
         raise CollateralError(f"QE Identity: {exc.message}", step=STEP_QE_IDENTITY) from None
+
+
+@functools.lru_cache(maxsize=128)
+def _p256_signature_verified(
+    point: bytes, signature: bytes, data: bytes, what: str, step: str
+) -> None:
+    """A signature check keyed by the exact key point, signature and signed bytes."""
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:  # pragma: no cover - the point came from a valid key object
+        raise SignatureError(f"{what}: signer key is not ECDSA P-256", step=step) from None
+    verify_p256_signature(key, signature, data, what=what, step=step)
+
+
+def verify_p256_signature_memoised(
+    key: object, signature: bytes, data: bytes, *, what: str, step: str
+) -> None:
+    """`verify_p256_signature` for bytes that repeat across quotes: the TCB Info and QE
+    Identity (same for every quote of a platform until the next refresh) and the QE report
+    (same until the quoting enclave restarts). The memo holds successes only, keyed by the
+    full uncompressed key point, signature and data, so one changed byte is a fresh check.
+    """
+    point = _require_p256(key, what=what, step=step).public_bytes(
+        Encoding.X962, PublicFormat.UncompressedPoint
+    )
+    _p256_signature_verified(point, bytes(signature), bytes(data), what, step)
 
 
 @functools.lru_cache(maxsize=64)
@@ -265,7 +297,7 @@ def _verify_signed_json(
         x509chain.check_not_revoked(root_crl, cert, what="the root CA CRL", step=step)
     x509chain.require_role(chain.leaf, TCB_SIGNING_ROLE, what=f"{what} signer", step=step)
     key = x509chain.public_key(chain.leaf, what=f"{what} signing certificate", step=step)
-    verify_p256_signature(key, signature, body, what=what, step=step)
+    verify_p256_signature_memoised(key, signature, body, what=what, step=step)
     return chain
 
 
@@ -300,7 +332,7 @@ def _verify_pck_crl(
 
 def _verify_qe_report(quote: Quote, pck_leaf: x509.Certificate) -> None:
     sig = quote.signature_data
-    verify_p256_signature(
+    verify_p256_signature_memoised(
         x509chain.public_key(pck_leaf, what="PCK certificate", step=STEP_QE_REPORT_SIGNATURE),
         sig.qe_report_signature,
         sig.qe_report.to_bytes(),
