@@ -5,7 +5,8 @@ Two phases, each interleaved (bench/measure.py):
 1. in-process: the `cryptography` ceilings on 1 and 2 processes, DCAP verification (ours and
    dcap-qvl), the simulated platform's costs;
 2. over the network: the hello-world ceiling on our server stack, OpenBao transit and
-   enclave-kms (when plugged in) under wrk, and PyKMIP under its own client.
+   enclave-kms (when plugged in) under wrk, and PyKMIP under its own client; against the same
+   servers, the SDK's first answer and RA-TLS handshakes (bench/sdk.py, group `attestation`).
 
 Peers are installed on demand from PyPI (the `bench` extra of pyproject.toml) and Debian
 (`wrk`), started on 127.0.0.1 only, and stopped before the harness exits. A case that cannot be
@@ -49,6 +50,7 @@ HTTP_NAMES = (
     "encrypt-1m-keys",
 )
 KMIP_NAMES = ("encrypt", "decrypt", "sign-rsa-2048", "create-key")
+SDK_NAMES = ("sdk-first-answer", "ratls-handshake")  # bench/sdk.py, on the network servers
 
 
 @dataclass(frozen=True)
@@ -234,65 +236,78 @@ def network_phase(
     cases: list[Case] = []
     want_http = select.group("http", HTTP_NAMES, ("openbao", "enclave-kms", "ceiling"))
     want_kmip = select.group("kmip", KMIP_NAMES, ("pykmip",))
-    if not (want_http or want_kmip):
+    # The SDK / RA-TLS rows (bench/sdk.py) use the same servers: which of them they need.
+    sdk_kms = select.group("attestation", SDK_NAMES, ("enclave-kms",))
+    sdk_hello = select.group("attestation", ("ratls-handshake",), ("ceiling",))
+    sdk_openbao = select.group("attestation", ("ratls-handshake",), ("openbao",))
+    if not (want_http or want_kmip or sdk_kms or sdk_hello or sdk_openbao):
         return cases
     ensure_bench_packages(settings.install)
-    if want_http:
-        from bench import wrk
+    if want_http or sdk_kms or sdk_hello or sdk_openbao:
+        from bench import sdk, wrk
         from bench.peers import enclave_kms, hello, openbao
 
-        try:
-            binary = wrk.find_wrk(settings.install)
-            versions["wrk"] = wrk.wrk_version(binary)
-        except BenchError as exc:
-            notes.append(f"HTTP rows skipped: {exc}")
-            binary = ""
-        if binary:
-            targets: list[HttpTarget] = []
-            kms_names = HTTP_NAMES[1:]
-            starters: list[tuple[str, bool, Callable[[], HttpTarget | None]]] = [
-                (
-                    "hello (1 worker)",
-                    select.group("http", ("hello",), ("ceiling",)),
-                    lambda: hello.start(workdir, 1),
-                ),
-                (
-                    "hello (2 workers)",
-                    select.group("http", ("hello",), ("ceiling",)),
-                    lambda: hello.start(workdir, 2),
-                ),
-                (
-                    "openbao",
-                    select.group("http", kms_names, ("openbao",)),
-                    lambda: openbao.start(workdir),
-                ),
-                (
-                    "enclave-kms",
-                    select.group("http", kms_names, ("enclave-kms",)),
-                    lambda: enclave_kms.enclave_kms_target(workdir),
-                ),
-                (
-                    "enclave-kms (1M keys)",
-                    select.group("http", ("encrypt-1m-keys",), ("enclave-kms",)),
-                    lambda: enclave_kms.enclave_kms_target(workdir, prefill=1_000_000),
-                ),
-            ]
-            for label, wanted, starter in starters:
-                if not wanted:
-                    continue
-                log(f"  starting {label}")
-                try:
-                    target = starter()
-                except BenchError as exc:
-                    notes.append(f"{label} rows skipped: {exc}")
-                    continue
-                if target is None:
-                    notes.append(enclave_kms.SKIP_NOTE)
-                    continue
-                stops.append(target.stop)
-                targets.append(target)
+        binary = ""
+        if want_http:
+            try:
+                binary = wrk.find_wrk(settings.install)
+                versions["wrk"] = wrk.wrk_version(binary)
+            except BenchError as exc:
+                notes.append(f"HTTP rows skipped: {exc}")
+        http = bool(binary)
+        targets: dict[str, HttpTarget] = {}
+        kms_names = HTTP_NAMES[1:]
+        starters: list[tuple[str, bool, Callable[[], HttpTarget | None]]] = [
+            (
+                "hello (1 worker)",
+                (http and select.group("http", ("hello",), ("ceiling",))) or sdk_hello,
+                lambda: hello.start(workdir, 1),
+            ),
+            (
+                "hello (2 workers)",
+                http and select.group("http", ("hello",), ("ceiling",)),
+                lambda: hello.start(workdir, 2),
+            ),
+            (
+                "openbao",
+                (http and select.group("http", kms_names, ("openbao",))) or sdk_openbao,
+                lambda: openbao.start(workdir),
+            ),
+            (
+                "enclave-kms",
+                (http and select.group("http", kms_names, ("enclave-kms",))) or sdk_kms,
+                lambda: enclave_kms.enclave_kms_target(workdir),
+            ),
+            (
+                "enclave-kms (1M keys)",
+                http and select.group("http", ("encrypt-1m-keys",), ("enclave-kms",)),
+                lambda: enclave_kms.enclave_kms_target(workdir, prefill=1_000_000),
+            ),
+        ]
+        for label, wanted, starter in starters:
+            if not wanted:
+                continue
+            log(f"  starting {label}")
+            try:
+                target = starter()
+            except BenchError as exc:
+                notes.append(f"{label} rows skipped: {exc}")
+                continue
+            if target is None:
+                notes.append(enclave_kms.SKIP_NOTE)
+                continue
+            stops.append(target.stop)
+            targets[label] = target
+        if "openbao" in targets or want_http:
             versions["openbao"] = openbao.version()
-            cases += http_cases(targets, settings, binary)
+        if http:
+            cases += http_cases(list(targets.values()), settings, binary)
+        if sdk_kms or sdk_hello or sdk_openbao:
+            peers = [targets[k] for k in ("hello (1 worker)", "openbao") if k in targets]
+            # Half a network run per SDK run: 1 s in quick mode, 5 s in the full run.
+            seconds = settings.http_seconds / 2
+            kms = targets.get("enclave-kms") if sdk_kms else None
+            cases += sdk.cases(kms, peers, workdir, seconds, notes)
     if want_kmip:
         from bench.peers import pykmip
 

@@ -12,18 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import harness, report
-from bench.measure import Case, RunSample, percentile, summarize
+from bench import harness, report, sdk
+from bench.measure import BenchError, Case, RunSample, percentile, summarize
 from bench.peers.base import HttpOp
 from bench.wrk import MARKER, lua_script
 
 SYSTEMS = {"enclave-kms", "openbao", "pykmip", "ceiling", "dcap-qvl"}
+ONLY = ["crypto", "verify-dcap", "verify-dcap-cold", "platform"]
 
 
 @pytest.fixture(scope="module")
 def document(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench-results")
-    argv = ["--only", "crypto", "attestation", "platform", "--rounds", "1"]
+    # The in-process rows only: the group `attestation` would also start the servers of the
+    # SDK and RA-TLS rows (bench/sdk.py), so its in-process rows are named instead.
+    argv = ["--only", *ONLY, "--rounds", "1"]
     argv += ["--run-seconds", "0.02", "--out", str(out), "--no-install"]
     return harness.run(argv), out
 
@@ -51,7 +54,7 @@ def test_machine_names_the_hardware_and_versions(document: tuple[dict[str, Any],
     assert machine["python"].count(".") == 2
     for dist in ("cryptography", "dcap-qvl", "enclave-kms"):
         assert machine["versions"][dist] != "not installed"
-    assert machine["run"]["only"] == ["crypto", "attestation", "platform"]
+    assert machine["run"]["only"] == ONLY
 
 
 def test_every_row_has_positive_figures(document: tuple[dict[str, Any], Path]) -> None:
@@ -139,3 +142,35 @@ def test_only_selects_by_name_system_or_group() -> None:
     assert case.matches(["attestation"])
     assert case.matches(["verify-dcap"])
     assert not case.matches(["encrypt", "openbao"])
+
+
+def test_only_attestation_also_selects_the_sdk_and_handshake_rows() -> None:
+    for system in ("enclave-kms", "openbao", "ceiling"):
+        assert Case("ratls-handshake", system, sdk.GROUP, lambda: RunSample(1, 1.0)).matches(
+            ["attestation"]
+        )
+    assert sdk.GROUP == "attestation"
+    assert set(harness.SDK_NAMES) == set(sdk.NAMES)
+    assert not harness.Selection(ONLY).group("attestation", sdk.NAMES, ("enclave-kms",))
+
+
+def test_threaded_loop_pools_every_thread_and_fails_on_errors() -> None:
+    calls: list[int] = []
+    sample = sdk.threaded_loop(lambda: calls.append(1), 0.01, threads=3)
+    assert sample.ops == len(calls) == len(sample.latencies_ns or [])
+    assert sample.ops >= 3
+
+    def broken() -> None:
+        raise OSError("refused")
+
+    with pytest.raises(BenchError, match="refused"):
+        sdk.threaded_loop(broken, 0.01, threads=2)
+
+
+def test_clear_memos_forgets_what_a_new_process_would_not_know() -> None:
+    from enclave_kms.client import attest
+
+    attest.intel_root()
+    assert attest.intel_root.cache_info().currsize == 1
+    sdk.clear_memos()
+    assert attest.intel_root.cache_info().currsize == 0
