@@ -80,7 +80,7 @@ def start(workdir: Path, workers: int) -> HttpTarget:
         base_url=base,
         ops={"hello": HttpOp("GET", "/v1/hello")},
         stop=proc.stop,
-        extra={"processes": workers, "stack": "uvicorn+fastapi"},
+        extra={"processes": workers, "stack": "uvicorn+uvloop+httptools+fastapi"},
     )
 
 
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         access_log=False,
         lifespan="off",
+        loop="uvloop",  # the enclave's own stack (enclave/runtime.py)
+        http="httptools",
         timeout_keep_alive=30,
     )
 

@@ -1,10 +1,13 @@
 """A hostile host: it edits the SQLite file under a running (or stopped) enclave.
 
-Altering, swapping, deleting a record or bumping its version makes that one key fail with a
-clear error (502 integrity_violation naming the record, or 404 for a deleted one); other keys
-keep working, no answer is ever wrong, the server keeps answering. An altered audit record is
-found by `verify_chain` and `enclave-kms audit verify`, naming the record. Garbage answers to
-the storage OCALLs are refused with typed errors (in process, over a real EDL channel).
+A running enclave answers from its own memory of the records it holds (enclave/record_cache.py),
+so an edit under it changes nothing until the record is read from the host again: after a
+restart. Then altering, swapping, deleting a record or bumping its version makes that one key
+fail with a clear error (502 integrity_violation naming the record, or 404 for a deleted one);
+other keys keep working, no answer is ever wrong, the server keeps answering. An altered audit
+record is found by `verify_chain` and `enclave-kms audit verify`, naming the record. Garbage
+answers to the storage OCALLs are refused with typed errors (in process, over a real EDL
+channel).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,14 @@ def assert_integrity_failure(c: httpx.Client, name: str, ct: str) -> None:
         assert f"key/{name}" in message, message
 
 
+@contextmanager
+def restarted(host: Server) -> Iterator[httpx.Client]:
+    """Restart the enclave, so that it reads every record from the host again."""
+    host.restart()
+    with host.client() as client:
+        yield client
+
+
 def assert_still_serving(
     host: Server, c: httpx.Client, bystanders: dict[str, tuple[str, bytes]]
 ) -> None:
@@ -143,15 +154,21 @@ def test_altered_records_fail_alone(
         "empty": lambda b: b"",
         "magic-only": lambda b: b[:4],
     }
+    made: dict[str, tuple[str, bytes]] = {}
     for label, alter in alterations.items():
         name = f"altered-{label}"
-        ct, _ = make_key(c, name)
+        made[name] = make_key(c, name)
         version, blob = db.record("key", name)
         db.set("key", name, version, alter(blob))
-        assert_integrity_failure(c, name, ct)
-    assert_still_serving(host, c, bystanders)
-    page = ok(c.get("/v1/keys", params={"limit": 1000}))
-    assert {f"altered-{label}" for label in alterations} <= set(page["unreadable"])
+    # The running enclave holds these records: the host's edits change none of its answers.
+    for name, (ct, plain) in made.items():
+        assert unb64(ok(decrypt(c, name, ct))["plaintext"]) == plain
+    with restarted(host) as c:
+        for name, (ct, _) in made.items():
+            assert_integrity_failure(c, name, ct)
+        assert_still_serving(host, c, bystanders)
+        page = ok(c.get("/v1/keys", params={"limit": 1000}))
+    assert set(made) <= set(page["unreadable"])
     assert "bystander" in {k["name"] for k in page["keys"]}
 
 
@@ -165,33 +182,35 @@ def test_swapped_records_fail_both(
     assert va == vb
     db.set("key", "swap-a", vb, blob_b)
     db.set("key", "swap-b", va, blob_a)
-    assert_integrity_failure(c, "swap-a", ct_a)
-    assert_integrity_failure(c, "swap-b", ct_b)
-    # Not even the other key's own ciphertext opens under the swapped record.
-    fails(decrypt(c, "swap-a", ct_b), 502, "integrity_violation")
-
     # Across types: an EC key's record presented as an AES key's.
     ct_c, _ = make_key(c, "swap-aes")
     make_key(c, "swap-ec", "ec-p256")
     (vc, blob_c), (ve, blob_e) = db.record("key", "swap-aes"), db.record("key", "swap-ec")
     db.set("key", "swap-aes", ve, blob_e)
     db.set("key", "swap-ec", vc, blob_c)
-    assert_integrity_failure(c, "swap-aes", ct_c)
-    fails(c.post("/v1/keys/swap-ec/sign", json={"input": "YQ=="}), 502, "integrity_violation")
-    assert_still_serving(host, c, bystanders)
+    with restarted(host) as c:
+        assert_integrity_failure(c, "swap-a", ct_a)
+        assert_integrity_failure(c, "swap-b", ct_b)
+        # Not even the other key's own ciphertext opens under the swapped record.
+        fails(decrypt(c, "swap-a", ct_b), 502, "integrity_violation")
+        assert_integrity_failure(c, "swap-aes", ct_c)
+        fails(c.post("/v1/keys/swap-ec/sign", json={"input": "YQ=="}), 502, "integrity_violation")
+        assert_still_serving(host, c, bystanders)
 
 
 def test_deleted_record_is_not_found(
     host: Server, c: httpx.Client, db: Db, bystanders: dict[str, tuple[str, bytes]]
 ) -> None:
-    ct, _ = make_key(c, "deleted")
+    ct, plain = make_key(c, "deleted")
     db.delete("key", "deleted")
-    fails(decrypt(c, "deleted", ct), 404, "not_found")
-    fails(c.get("/v1/keys/deleted"), 404, "not_found")
-    # A key re-created under the name is new material: the old ciphertext never opens.
-    make_key(c, "deleted")
-    fails(decrypt(c, "deleted", ct), 400, "crypto_failed")
-    assert_still_serving(host, c, bystanders)
+    assert unb64(ok(decrypt(c, "deleted", ct))["plaintext"]) == plain  # held in memory
+    with restarted(host) as c:
+        fails(decrypt(c, "deleted", ct), 404, "not_found")
+        fails(c.get("/v1/keys/deleted"), 404, "not_found")
+        # A key re-created under the name is new material: the old ciphertext never opens.
+        make_key(c, "deleted")
+        fails(decrypt(c, "deleted", ct), 400, "crypto_failed")
+        assert_still_serving(host, c, bystanders)
 
 
 def test_bumped_or_replayed_versions_fail(
@@ -200,7 +219,6 @@ def test_bumped_or_replayed_versions_fail(
     ct, _ = make_key(c, "bumped")
     version, blob = db.record("key", "bumped")
     db.set("key", "bumped", version + 1, blob)
-    assert_integrity_failure(c, "bumped", ct)
 
     # Version N's bytes presented as version N+1 (a replay after a rotation).
     ct1, plain = make_key(c, "replayed")
@@ -210,15 +228,18 @@ def test_bumped_or_replayed_versions_fail(
     new_version, _ = db.record("key", "replayed")
     assert new_version == old_version + 1
     db.set("key", "replayed", new_version, old_blob)
-    assert_integrity_failure(c, "replayed", ct1)
+    with restarted(host) as c:
+        assert_integrity_failure(c, "bumped", ct)
+        assert_integrity_failure(c, "replayed", ct1)
 
     # A whole-record rollback (old bytes at their own version) authenticates: single-record
     # rollback needs a monotonic counter (docs/concepts.md). It still never answers wrongly:
     # the lost version's ciphertext is refused, the older one still opens.
     db.set("key", "replayed", old_version, old_blob)
-    fails(decrypt(c, "replayed", ct2), 400, "crypto_failed")
-    assert unb64(ok(decrypt(c, "replayed", ct1))["plaintext"]) == plain
-    assert_still_serving(host, c, bystanders)
+    with restarted(host) as c:
+        fails(decrypt(c, "replayed", ct2), 400, "crypto_failed")
+        assert unb64(ok(decrypt(c, "replayed", ct1))["plaintext"]) == plain
+        assert_still_serving(host, c, bystanders)
 
 
 def test_altered_token_record_fails_alone(
@@ -234,14 +255,15 @@ def test_altered_token_record_fails_alone(
     token_id = issued["info"]["id"]
     version, blob = db.record("token", token_id)
     db.set("token", token_id, version, blob[:-1] + bytes([blob[-1] ^ 1]))
-    with host.client(issued["token"]) as victim:
-        resp = victim.post("/v1/keys/bystander/encrypt", json={"plaintext": "YQ=="})
-        fails(resp, 502, "integrity_violation")
-    fails(c.get(f"/v1/tokens/{token_id}"), 502, "integrity_violation")
-    assert_still_serving(host, c, bystanders)  # the admin's token is untouched
-    db.set("token", token_id, version, blob)  # put back: it works again
-    with host.client(issued["token"]) as victim:
-        ok(victim.post("/v1/keys/bystander/encrypt", json={"plaintext": "YQ=="}))
+    with restarted(host) as c:
+        with host.client(issued["token"]) as victim:
+            resp = victim.post("/v1/keys/bystander/encrypt", json={"plaintext": "YQ=="})
+            fails(resp, 502, "integrity_violation")
+        fails(c.get(f"/v1/tokens/{token_id}"), 502, "integrity_violation")
+        assert_still_serving(host, c, bystanders)  # the admin's token is untouched
+        db.set("token", token_id, version, blob)  # put back: it works again (never cached)
+        with host.client(issued["token"]) as victim:
+            ok(victim.post("/v1/keys/bystander/encrypt", json={"plaintext": "YQ=="}))
 
 
 def test_deleting_the_init_marker_gives_the_host_nothing(

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from enclave_kms.enclave.api import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.audit import AuditLog
 from enclave_kms.enclave.kms import KMSService
+from enclave_kms.enclave.record_cache import RecordCache
 from enclave_kms.enclave.records import RecordCipher
 from enclave_kms.enclave.store import RecordStore
 from enclave_kms.enclave.tokens import TokenService
@@ -105,6 +106,13 @@ class World:
     attestation: FakeAttestation
     client: TestClient
     admin: str = ""
+    cache: RecordCache | None = None
+
+    def forget(self) -> None:
+        """Drop the enclave's memory of records, as a restart does: the next reads go to the
+        (possibly tampered) storage."""
+        if self.cache is not None:
+            self.cache.clear()
 
     @property
     def auth(self) -> dict[str, str]:
@@ -138,9 +146,14 @@ class World:
         return token
 
 
-def make_world(tmp: Path, *, init: bool = True, max_body_bytes: int = 1 << 20) -> World:
+def make_world(
+    tmp: Path, *, init: bool = True, max_body_bytes: int = 1 << 20, cache: bool = True
+) -> World:
+    """The API over real services and storage; with `cache` (as in the enclave) requests
+    run on the event loop when their records are held, else on a worker thread."""
     storage = SQLiteStorage(tmp / "kms.sqlite")
-    store = RecordStore(storage, RecordCipher(os.urandom(32)))
+    records = RecordCache() if cache else None
+    store = RecordStore(storage, RecordCipher(os.urandom(32)), cache=records)
     clock = FakeClock()
     sink = AuditSink(storage)
     attestation = FakeAttestation()
@@ -153,7 +166,7 @@ def make_world(tmp: Path, *, init: bool = True, max_body_bytes: int = 1 << 20) -
         max_body_bytes=max_body_bytes,
     )
     client = TestClient(create_app(ctx))
-    world = World(storage, clock, ctx, sink, attestation, client)
+    world = World(storage, clock, ctx, sink, attestation, client, cache=records)
     if init:
         r = client.post("/v1/sys/init")
         assert r.status_code == 201, r.text

@@ -521,3 +521,33 @@ def test_openapi_documents_operations_and_our_errors(world: World) -> None:
         }
         assert ("security" in op) == ("x-permission" in op)
     assert world.client.get("/docs").status_code == 200
+
+
+def test_routes_answer_alike_from_memory_and_from_storage(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inline routes run on the event loop when their records are held and on a worker
+    thread when they must be read from storage: same answers either way."""
+    import threading
+
+    assert world.post("/v1/keys", {"name": "inline-k", "type": "aes256-gcm"}).status_code == 201
+    reads: list[str] = []
+    real_get = world.storage.get
+
+    def get(kind: str, id: str) -> Any:
+        reads.append(threading.current_thread().name)
+        return real_get(kind, id)
+
+    monkeypatch.setattr(world.storage, "get", get)
+    plain = b64(b"same either way")
+    ct = world.post("/v1/keys/inline-k/encrypt", {"plaintext": plain}).json()["ciphertext"]
+    assert reads == []  # token and key held: no storage read at all
+    world.forget()
+    r = world.post("/v1/keys/inline-k/decrypt", {"ciphertext": ct})
+    assert r.status_code == 200
+    assert r.json()["plaintext"] == plain
+    assert reads  # read from storage (on a worker thread: the loop's would raise WouldBlock)
+    reads.clear()
+    r = world.post("/v1/keys/inline-k/decrypt", {"ciphertext": ct})
+    assert r.json()["plaintext"] == plain
+    assert reads == []  # held again

@@ -421,6 +421,7 @@ def test_storage_failure_is_503(
         raise StorageError("storage failure: disk I/O error")
 
     monkeypatch.setattr(world.storage, "get", down)
+    world.forget()  # nothing held in memory: every read needs the storage
     r = world.post("/v1/keys/e1/encrypt", {"plaintext": "AA=="})
     _error(r, 503, "storage_unavailable")
 
@@ -434,6 +435,7 @@ def test_altered_record_is_502_for_that_key_only(world: World, keys: dict[str, s
     db.execute("UPDATE records SET blob=? WHERE kind='key' AND id='victim'", (bytes(flipped),))
     db.commit()
     db.close()
+    world.forget()
     r = world.post("/v1/keys/victim/encrypt", {"plaintext": "AA=="})
     assert "victim" in _error(r, 502, "integrity_violation")
     assert world.post("/v1/keys/e2/encrypt", {"plaintext": "AA=="}).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import cbor2
@@ -69,6 +70,72 @@ def test_failed_append_fails_closed() -> None:
     sink.fail = False
     with pytest.raises(AuditError):
         log.record(_event(2))  # stays closed: no silent gap in the chain
+
+
+def test_coroutines_wait_without_threads_and_share_batches() -> None:
+    """`record_async` (the API's path): every coroutine returns once its record is durable,
+    the chain holds them all in order, and one append carries many requests."""
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+
+    async def main() -> int:
+        async def one(i: int) -> None:
+            await log.record_async(_event(i))
+
+        before = threading.active_count()
+        await asyncio.gather(*(one(i) for i in range(300)))
+        return threading.active_count() - before
+
+    assert asyncio.run(main()) == 0  # no thread per request (the one writer already runs)
+    assert len(sink.records) == 301
+    assert verify_chain(sink.records).records == 301
+    assert sink.calls < 100
+    assert log.head[0] == 301
+
+
+def test_async_and_thread_callers_share_one_chain() -> None:
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+    threads = [threading.Thread(target=log.record, args=(_event(i),)) for i in range(20)]
+
+    async def main() -> None:
+        for t in threads:
+            t.start()
+        await asyncio.gather(*(log.record_async(_event(100 + i)) for i in range(20)))
+
+    asyncio.run(main())
+    for t in threads:
+        t.join()
+    assert verify_chain(sink.records).records == 41
+
+
+def test_failed_append_refuses_every_waiting_coroutine() -> None:
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+    sink.fail = True
+
+    async def main() -> list[BaseException | None]:
+        results = await asyncio.gather(
+            *(log.record_async(_event(i)) for i in range(10)), return_exceptions=True
+        )
+        return list(results)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, AuditError) for r in results), results
+    sink.fail = False
+    with pytest.raises(AuditError):
+        asyncio.run(log.record_async(_event(11)))  # closed for good
+    assert len(sink.records) == 1  # the genesis only
+
+
+def test_closed_log_refuses_new_records() -> None:
+    sink = Sink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink)
+    log.record(_event(1))
+    log.close()
+    with pytest.raises(AuditError, match="closed"):
+        log.record(_event(2))
+    assert verify_chain(sink.records).records == 2
 
 
 def _chain(n: int) -> list[bytes]:

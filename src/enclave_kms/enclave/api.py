@@ -7,8 +7,9 @@ Audit placement. `AuditMiddleware` is a pure ASGI middleware around the whole ap
 Starlette's outermost error middleware, outside routing and the exception handlers). It gives
 every request a request id and an audit slot; routes fill in the operation, target and actor
 (`api_support.AuditedRoute`), error handlers fill in the outcome (`http_errors`). When the app
-sends `http.response.start`, the middleware holds it, writes the `AuditEvent` through
-`AuditLog.record` (blocking, so in a worker thread) and only then lets the response out. If
+sends `http.response.start`, the middleware holds it, waits until the `AuditEvent` is durable
+(`AuditLog.record_async`: a future on the event loop, no thread per request) and only then
+lets the response out. If
 the record cannot be made durable, the client gets 503 `audit_failed` and never the original
 body (fail closed): nothing is acknowledged that is not audited. Because the hook is the
 response itself, requests that never reach a route — unknown path, wrong method, malformed or
@@ -28,7 +29,6 @@ import logging
 import uuid
 from typing import Any
 
-import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave_kms.enclave import routes_crypto, routes_keys, routes_sys
 from enclave_kms.enclave.api_support import (
+    BEARER_SCHEME,
+    BEARER_SCHEME_DOC,
     SLOT_KEY,
     AppContext,
     AttestationBundle,
@@ -164,7 +166,7 @@ class AuditMiddleware:
             request_id=slot.request_id,
         )
         try:
-            await anyio.to_thread.run_sync(self.audit.record, event)
+            await self.audit.record_async(event)
         except Exception as exc:  # noqa: BLE001 - any failure to audit refuses the response
             logger.error(
                 "audit record failed (%s); request %s refused", type(exc).__name__, slot.request_id
@@ -200,7 +202,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for operation in path_item.values():
             if isinstance(operation, dict):
                 operation.get("responses", {}).pop("422", None)
-    schemas = schema.get("components", {}).get("schemas", {})
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})[BEARER_SCHEME] = BEARER_SCHEME_DOC
+    schemas = components.get("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     app.openapi_schema = schema
@@ -223,7 +227,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.enclave_kms = ctx
     install_error_handlers(app)
-    for module in (routes_sys, routes_keys, routes_crypto):
+    # Routes are matched in order: the cryptographic operations, most of the traffic, first.
+    for module in (routes_crypto, routes_keys, routes_sys):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     app.add_middleware(AuditMiddleware, audit=ctx.audit, max_body_bytes=ctx.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

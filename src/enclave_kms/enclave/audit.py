@@ -5,8 +5,8 @@ the hash of the previous one and is signed by the enclave's audit key, so the ho
 stores the records, cannot drop, reorder, alter or insert one without `verify_chain` naming
 the first bad record.
 
-Records from concurrent requests are batched: whoever finds no flush in progress writes every
-queued record in one `audit_append` OCALL, and each waiter returns once the batch holding its
+Records from concurrent requests are batched: one writer thread signs every queued record and
+writes them in one `audit_append` OCALL, and each waiter returns once the batch holding its
 record is durable. The chain is therefore never a lock held across I/O per request.
 
 Wire form of one record: CBOR [body, signature], body = canonical CBOR map
@@ -18,6 +18,8 @@ accepts the expected key fingerprint.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Sequence
@@ -33,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from enclave_kms.errors import AuditError
 
 GENESIS_PREV = bytes(32)
+MAX_BATCH = 1024  # records per audit_append OCALL (the EDL allows 4096)
+_REFUSED = "audit log unavailable: operation not acknowledged"
 _FIELDS = ("seq", "prev", "time", "actor", "op", "target", "outcome", "request_id")
 
 
@@ -68,6 +72,12 @@ def _decode(blob: bytes, index: int) -> tuple[bytes, bytes, dict[str, Any]]:
 class AuditLog:
     """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns).
 
+    One writer thread owns the chain: requests queue their events and wait (a thread on a
+    condition, a coroutine on a future: `record_async` costs the event loop no thread hop),
+    and the writer signs and appends everything queued so far as one batch, then the sealed
+    head. So the chain never serialises requests, and a batch's OCALLs are paid once for all
+    the requests in it. The writer starts with the first record and stops with `close`.
+
     Crash recovery: a batch is appended before the sealed head moves past it, so an enclave
     (or host) killed in between leaves records beyond the sealed head; none of them was
     acknowledged. With `tail_fn` (the audit_tail OCALL), a resumed log first adopts those that
@@ -91,7 +101,9 @@ class AuditLog:
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[AuditEvent] = []
-        self._flushing = False
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._writer: threading.Thread | None = None
+        self._closed = False
         self._durable_upto = -1
         self._failed_from: int | None = None
         self._next_seq, self._prev = head if head is not None else (0, GENESIS_PREV)
@@ -137,54 +149,122 @@ class AuditLog:
         with self._cond:
             return self._next_seq, self._prev
 
+    # ------------------------------------------------------------------ recording
+
+    def _enqueue(self, event: AuditEvent) -> int:
+        """Queue `event` and return its ticket (its sequence number); caller holds _cond."""
+        if self._closed:
+            raise AuditError("audit log closed: operation not acknowledged")
+        ticket = self._enqueued
+        if self._failed_from is not None and ticket >= self._failed_from:
+            raise AuditError(_REFUSED)
+        self._enqueued += 1
+        self._queue.append(event)
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="audit", daemon=True)
+            self._writer.start()
+        self._cond.notify_all()
+        return ticket
+
     def record(self, event: AuditEvent) -> None:
         """Append one event; returns only when it is durable. Raises AuditError otherwise."""
         with self._cond:
-            ticket = self._enqueued
-            self._enqueued += 1
-            self._queue.append(event)
-            while True:
+            ticket = self._enqueue(event)
+            while self._durable_upto < ticket:
                 if self._failed_from is not None and ticket >= self._failed_from:
-                    raise AuditError("audit log unavailable: operation not acknowledged")
-                if self._durable_upto >= ticket:
-                    return
-                if not self._flushing:
-                    break
+                    raise AuditError(_REFUSED)
                 self._cond.wait()
-            self._flushing = True
-            batch, self._queue = self._queue, []
-            seq, prev = self._next_seq, self._prev
-        try:
-            wire: list[bytes] = []
-            for queued in batch:
-                body = {"seq": seq, "prev": prev, "time": self._clock().isoformat()}
-                body.update({f: getattr(queued, f) for f in _FIELDS[3:]})
-                blob, prev = _encode(body, self._key)
-                wire.append(blob)
-                seq += 1
-            self._append(wire)
-            if self._persist_head is not None:
-                # The sealed head lets a restarted enclave continue the chain, and shows a
-                # host that truncated the log: the next record would not link to the last.
-                self._persist_head(seq, prev)
-        except Exception as exc:
-            with self._cond:
-                self._flushing = False
-                # Fail closed: this batch and everything queued after it is refused for good.
-                self._failed_from = (
-                    self._next_seq
-                    if self._failed_from is None
-                    else min(self._failed_from, self._next_seq)
-                )
-                self._cond.notify_all()
-            if isinstance(exc, AuditError):
-                raise
-            raise AuditError("audit log unavailable: operation not acknowledged") from None
+
+    async def record_async(self, event: AuditEvent) -> None:
+        """`record` for the event loop: waits on a future, not on a thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            self._next_seq, self._prev = seq, prev
-            self._durable_upto = seq - 1
-            self._flushing = False
+            ticket = self._enqueue(event)
+            self._waiters.append((ticket, loop, future))
+        await future
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Refuse new events, write what is queued, stop the writer (waiting `timeout`)."""
+        with self._cond:
+            self._closed = True
+            writer = self._writer
             self._cond.notify_all()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout)
+
+    # ------------------------------------------------------------------ the writer
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                seq, prev = self._next_seq, self._prev
+            try:
+                seq, prev = self._write(batch, seq, prev)
+            except Exception:  # noqa: BLE001 - any failure refuses the batch, fail closed
+                self._fail()
+                continue
+            with self._cond:
+                self._next_seq, self._prev = seq, prev
+                self._durable_upto = seq - 1
+                self._cond.notify_all()
+                done = [w for w in self._waiters if w[0] < seq]
+                self._waiters = [w for w in self._waiters if w[0] >= seq]
+            _resolve(done, None)
+
+    def _write(self, batch: list[AuditEvent], seq: int, prev: bytes) -> tuple[int, bytes]:
+        wire: list[bytes] = []
+        for queued in batch:
+            body = {"seq": seq, "prev": prev, "time": self._clock().isoformat()}
+            body.update({f: getattr(queued, f) for f in _FIELDS[3:]})
+            blob, prev = _encode(body, self._key)
+            wire.append(blob)
+            seq += 1
+        self._append(wire)
+        if self._persist_head is not None:
+            # The sealed head lets a restarted enclave continue the chain, and shows a host
+            # that truncated the log: the next record would not link to the last.
+            self._persist_head(seq, prev)
+        return seq, prev
+
+    def _fail(self) -> None:
+        """Fail closed: the batch in flight and everything queued after it is refused for
+        good (a later record could not link to a batch the host may or may not hold)."""
+        with self._cond:
+            self._failed_from = self._next_seq
+            self._queue.clear()
+            failed, self._waiters = self._waiters, []
+            self._cond.notify_all()
+        _resolve(failed, AuditError(_REFUSED))
+
+
+def _resolve(
+    waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]],
+    error: AuditError | None,
+) -> None:
+    """Wake the coroutines waiting on `waiters`: one call into each event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, loop, future in waiters:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, futures, error)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: AuditError | None) -> None:
+    for future in futures:
+        if future.done():  # the request was cancelled (client gone); its record stands
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(AuditError(error.message))
 
 
 @dataclass(frozen=True)

@@ -151,15 +151,15 @@ class KMSService:
     def _get(self, name: str) -> tuple[int, KeyRecord] | None:
         """The live record, purging it first if its deletion time has passed."""
         for _ in range(_CAS_RETRIES):
-            found = self._store.get("key", name)
+            found = self._store.get_parsed("key", name, KeyRecord.from_value)
             if found is None:
                 return None
-            key = KeyRecord.from_value(name, found.value)
+            version, key = found
             due = key.deletion_scheduled_at
             if due is None or due > self._now():
-                return found.version, key
+                return version, key
             try:
-                self._store.delete("key", name, found.version)
+                self._store.delete("key", name, version)
             except ConflictError:
                 continue  # changed under us (e.g. cancelled): look again
             self._cache.evict(key.uid)

@@ -181,8 +181,15 @@ _ROUTES = (
 def router() -> APIRouter:
     r = new_router()
     for path, endpoint, op, permission in _ROUTES:
-        exclude_none = endpoint in (encrypt_batch, decrypt_batch)
         add_route(
-            r, "POST", path, endpoint, op=op, permission=permission, exclude_none=exclude_none
+            r,
+            "POST",
+            path,
+            endpoint,
+            op=op,
+            permission=permission,
+            exclude_none=endpoint in (encrypt_batch, decrypt_batch),
+            # Milliseconds of CPU at most, on a cached key: run on the event loop.
+            inline=endpoint is not generate_rsa_key_pair,
         )
     return r

@@ -30,6 +30,7 @@ from enclave_kms.enclave.audit import AuditLog
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.kms import KMSService
+from enclave_kms.enclave.record_cache import RecordCache
 from enclave_kms.enclave.records import RecordCipher
 from enclave_kms.enclave.store import RecordStore
 from enclave_kms.enclave.tokens import TokenService
@@ -201,7 +202,7 @@ class EnclaveRuntime:
                 lambda: tls.key_to_der(tls.generate_tls_key()),
             )
             self.tls_key = tls.key_from_der(tls_der)
-            store = RecordStore(self.host, RecordCipher(srk))
+            store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
             _, audit_der = self._record(
                 store, "audit-key", lambda: tls.key_to_der(tls.generate_tls_key())
             )
@@ -281,6 +282,8 @@ class EnclaveRuntime:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                loop="uvloop",  # both measured: docs/performance.md
+                http="httptools",
                 limit_max_requests=None if keep_server_up else 1,
                 timeout_keep_alive=30,
                 timeout_graceful_shutdown=2,  # in-flight requests finish; idle keep-alives close

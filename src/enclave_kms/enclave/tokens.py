@@ -274,10 +274,7 @@ class TokenService:
         return now.astimezone(UTC)
 
     def _get(self, token_id: str) -> tuple[int, _TokenRecord] | None:
-        found = self._store.get("token", token_id)
-        if found is None:
-            return None
-        return found.version, _TokenRecord.from_value(token_id, found.value)
+        return self._store.get_parsed("token", token_id, _TokenRecord.from_value)
 
     def _issue(
         self,

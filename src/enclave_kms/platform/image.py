@@ -67,6 +67,8 @@ ENCLAVE_DISTRIBUTIONS: tuple[str, ...] = (
     "dcap-qvl",
     "fastapi",
     "uvicorn",
+    "uvloop",
+    "httptools",
 )
 #: Standard-library directories an enclave never needs (tests, GUIs, installers, 2to3).
 STDLIB_EXCLUDED = frozenset(
