@@ -16,7 +16,6 @@ chain of the same shape under the simulated root). Rows:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import tempfile
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import dcap_qvl
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bench.measure import Case, RunSample, timed_loop
-from enclave_kms.attestation import verify as verify_module
+from bench.sdk import clear_memos
 from enclave_kms.attestation.collateral import load_collateral, to_dcap_qvl
 from enclave_kms.attestation.types import Collateral, TcbStatus, TrustRoot
 from enclave_kms.attestation.verify import verify_quote, verify_quote_only
@@ -95,10 +94,9 @@ def simulated_vector(workdir: Path) -> Vector:
 
 
 def clear_verifier_caches() -> None:
-    """Forget every memoised check of `enclave_kms.attestation.verify` (a first quote)."""
-    for value in vars(verify_module).values():
-        if isinstance(value, functools._lru_cache_wrapper):
-            value.cache_clear()
+    """Forget every memoised check of `enclave_kms` (verify, second opinion, collateral):
+    what the first quote of a platform pays."""
+    clear_memos()
 
 
 def _check(vector: Vector) -> None:
