@@ -279,6 +279,14 @@ def network_phase(
                 lambda: enclave_kms.enclave_kms_target(workdir),
             ),
             (
+                # The 1-worker server too, in a full run only (quick mode stays < 3 minutes).
+                "enclave-kms (1 worker)",
+                http
+                and settings.mode == "full"
+                and select.group("http", kms_names, ("enclave-kms",)),
+                lambda: enclave_kms.enclave_kms_target(workdir, workers=1),
+            ),
+            (
                 "enclave-kms (1M keys)",
                 http and select.group("http", ("encrypt-1m-keys",), ("enclave-kms",)),
                 lambda: enclave_kms.enclave_kms_target(workdir, prefill=1_000_000),

@@ -32,6 +32,8 @@ NAME_ORDER = (
     "encrypt-1m-keys",
     "verify-dcap",
     "verify-dcap-cold",
+    "sdk-first-answer",
+    "ratls-handshake",
     "platform-init",
     "image-build-sign",
     "quote-gen",

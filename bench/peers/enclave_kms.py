@@ -85,13 +85,22 @@ def _fill(db: Path, count: int, blob_size: int) -> None:
         conn.close()
 
 
-def enclave_kms_target(workdir: Path, *, prefill: int = 0) -> HttpTarget | None:
-    """Start `enclave-kms serve` (simulation) and describe its operations."""
-    name = "enclave-kms" if not prefill else f"enclave-kms-{prefill}"
+def enclave_kms_target(workdir: Path, *, prefill: int = 0, workers: int = 2) -> HttpTarget | None:
+    """Start `enclave-kms serve --workers N` (simulation) and describe its operations."""
+    name = f"enclave-kms-w{workers}" if not prefill else f"enclave-kms-{prefill}-w{workers}"
     data_dir = workdir / name
     port = free_port()
     cli = Path(sys.executable).with_name("enclave-kms")
-    argv = [str(cli), "serve", "--data-dir", str(data_dir), "--listen", f"{LOOPBACK}:{port}"]
+    argv = [
+        str(cli),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--workers",
+        str(workers),
+    ]
     proc = ManagedProcess(name, argv, workdir / f"{name}.log")
     try:
         proc.wait_ready(lambda: port_open(port), timeout=180)
@@ -137,4 +146,10 @@ def enclave_kms_target(workdir: Path, *, prefill: int = 0) -> HttpTarget | None:
     except BaseException:
         proc.stop()
         raise
-    return HttpTarget(system="enclave-kms", base_url=base, ops=ops, stop=proc.stop)
+    return HttpTarget(
+        system="enclave-kms",
+        base_url=base,
+        ops=ops,
+        stop=proc.stop,
+        extra={"processes": workers},
+    )

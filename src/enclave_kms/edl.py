@@ -199,6 +199,12 @@ ECALLS: tuple[Call, ...] = (
         (_in("message", "bytes", _CHANNEL_MSG), _out("digest", "bytes", 32)),
         "Secure channel: decrypt and check a record; returns only a digest of the plaintext.",
     ),
+    Call(
+        "records_changed",
+        "ecall",
+        (_in("kind", "str", 32), _in("id", "str", 256)),
+        "Another worker wrote or deleted this record: forget any copy held in memory.",
+    ),
     Call("shutdown", "ecall", (), "Stop serving and flush; the enclave process then exits."),
 )
 

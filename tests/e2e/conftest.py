@@ -123,6 +123,7 @@ class Server:
     recorder: Recorder | None = None
     running: Running | None = None
     token: str = field(default="", repr=False)
+    workers: int = 1
 
     def start(self) -> Running:
         assert self.running is None, "already running"
@@ -133,6 +134,7 @@ class Server:
                 port=free_port(),
                 observer=None if rec is None else rec.frame,
                 stderr_sink=None if rec is None else rec.stderr_line,
+                workers=self.workers,
             )
         )
         return self.running
@@ -169,10 +171,10 @@ class Server:
 
 @contextmanager
 def served(
-    data_dir: Path, recorder: Recorder | None = None, *, init: bool = True
+    data_dir: Path, recorder: Recorder | None = None, *, init: bool = True, workers: int = 1
 ) -> Iterator[Server]:
     """A started (and initialised) server on `data_dir`, stopped on exit whatever happens."""
-    server = Server(data_dir, recorder)
+    server = Server(data_dir, recorder, workers=workers)
     try:
         server.start()
         if init:

@@ -40,7 +40,8 @@ from enclave_kms.attestation.ratls import (
 from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.attestation.verify import verify_quote
 from enclave_kms.enclave.audit import verify_chain
-from enclave_kms.errors import UnsupportedFormatError
+from enclave_kms.errors import ConfigError, UnsupportedFormatError
+from enclave_kms.host.service import ServeOptions, start
 from enclave_kms.sgx.oe import OeEvidence
 from tests.e2e.conftest import CLI, Server, b64, fails, ok, unb64
 
@@ -158,6 +159,14 @@ def test_served_certificate_carries_evidence_that_verifies(kms: Server, c: httpx
     fresh = verify_quote(unb64(att["quote"]), collateral, trust_root=root, now=now)
     assert fresh.report_body.report_data[:32] == hashlib.sha256(spki_hash + nonce).digest()
     assert fresh.report_body.mr_enclave == verified.report_body.mr_enclave
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(kms: Server, c: httpx.Client) -> None:
+    """The enclave holds records in memory as their only writer: a second server on the same
+    store would make that untrue (and fork the audit chain), so it is refused up front."""
+    with pytest.raises(ConfigError, match="in use by another enclave-kms server"):
+        start(ServeOptions(data_dir=kms.data_dir, port=0))
+    assert ok(c.get("/v1/health"))["status"] == "ok"  # the running one is untouched
 
 
 def test_tutorial_enclave_info_shows_a_good_binding(kms: Server) -> None:

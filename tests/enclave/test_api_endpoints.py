@@ -66,7 +66,7 @@ def test_literals_match_the_service() -> None:
 def test_health_before_and_after_init(tmp_path: Path) -> None:
     fresh = make_world(tmp_path, init=False)
     body = _ok(fresh.client.get("/v1/health"))
-    assert body == {"status": "ok", "initialized": False, "identity": IDENTITY}
+    assert body == {"status": "ok", "initialized": False, "identity": IDENTITY, "worker": 0}
     token = _ok(fresh.client.post("/v1/sys/init"), 201)
     assert token["token"].startswith(f"ekms_{token['info']['id']}_")
     assert token["info"]["name"] == "admin"

@@ -124,3 +124,46 @@ def test_readers_see_every_committed_write_from_many_threads(db: SQLiteStorage) 
         t.join()
     assert not errors
     assert len(db.list_ids("key", "", 1000)) == 100
+
+
+def test_audit_chains_are_separate_sequences(tmp_path: Path) -> None:
+    db = SQLiteStorage(tmp_path / "kms.sqlite")
+    db.audit_append([b"a0", b"a1"], chain=0)
+    db.audit_append([b"b0"], chain=1)
+    db.audit_append([b"a2"])  # chain 0 by default
+    db.audit_append([b"b1", b"b2"], chain=1)
+    assert db.audit_chains() == [0, 1]
+    assert db.audit_records() == [b"a0", b"a1", b"a2"]
+    assert db.audit_records(1) == [b"b0", b"b1", b"b2"]
+    assert db.audit_tail(1, 10, chain=1) == [b"b1", b"b2"]  # positions count within a chain
+    assert db.audit_tail(2, 1) == [b"a2"]
+    db.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL,
+    version INTEGER NOT NULL CHECK (version > 0), blob BLOB NOT NULL,
+    PRIMARY KEY (kind, id)) WITHOUT ROWID;
+CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, record BLOB NOT NULL);
+INSERT INTO records VALUES ('key', 'k', 3, x'0102');
+INSERT INTO audit(record) VALUES (x'aa'), (x'bb');
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "kms.sqlite"
+    raw = sqlite3.connect(path)
+    raw.executescript(V1_SCHEMA)
+    raw.close()
+    db = SQLiteStorage(path)
+    assert db.get("key", "k") == (3, b"\x01\x02")
+    assert db.audit_records() == [b"\xaa", b"\xbb"]  # the old chain is chain 0
+    db.audit_append([b"\xcc"])
+    db.audit_append([b"\xdd"], chain=1)
+    assert db.audit_tail(2, 5) == [b"\xcc"]
+    db.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+    raw.close()
+    SQLiteStorage(path).close()  # and it opens again as it is

@@ -40,12 +40,13 @@ def _database(path: Path) -> Path:
     return db
 
 
-def read_records(path: Path) -> list[bytes]:
+def read_chains(path: Path) -> dict[int, list[bytes]]:
+    """Every audit chain in the log (one per enclave worker that wrote), by chain number."""
     from enclave_kms.host.storage.sqlite import SQLiteStorage
 
     storage = SQLiteStorage(_database(path))
     try:
-        return storage.audit_records()
+        return {chain: storage.audit_records(chain) for chain in storage.audit_chains() or [0]}
     finally:
         storage.close()
 
@@ -79,10 +80,11 @@ def verify_cmd(
         with settings.client() as kms:
             head = kms.audit_head()
         key_sha256 = key_sha256 or head.public_key_sha256
-    records = read_records(path)
-    result = verify_chain(records, key_sha256)
+    chains = read_chains(path)
+    results = {chain: verify_chain(records, key_sha256) for chain, records in chains.items()}
     out = stdout_console()
     if head is not None:
+        records = chains.get(head.chain, [])
         if len(records) < head.records:
             raise AuditError(
                 f"the log holds {len(records)} records but the enclave acknowledged "
@@ -94,10 +96,12 @@ def verify_cmd(
                 f"audit record {head.head_seq} differs from the one the enclave acknowledged"
             )
         out.print(f"matches the enclave's head: record {head.head_seq}, {head.head_hash[:16]}…")
-    out.print(
-        f"[green]audit log OK[/green]: {result.records} records, chained and signed by key "
-        f"{result.public_key_sha256[:16]}…, last {result.last_hash.hex()[:16]}…"
-    )
+    for chain, result in results.items():
+        where = "" if len(results) == 1 else f"chain {chain}: "
+        out.print(
+            f"[green]audit log OK[/green]: {where}{result.records} records, chained and signed "
+            f"by key {result.public_key_sha256[:16]}…, last {result.last_hash.hex()[:16]}…"
+        )
 
 
 @app.command("head")
@@ -112,6 +116,7 @@ def head_cmd(
     with settings.client() as kms:
         head = kms.audit_head()
     out = stdout_console()
+    out.print(f"chain        {head.chain}")
     out.print(f"records      {head.records}")
     out.print(f"head record  {head.head_seq}  {head.head_hash}")
     out.print(f"audit key    {head.public_key_sha256}")

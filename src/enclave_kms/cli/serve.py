@@ -47,6 +47,11 @@ def serve(
     pccs_url: str | None = typer.Option(
         None, help="Hardware: the PCCS (or Intel PCS) base URL for collateral."
     ),
+    workers: int = typer.Option(
+        1,
+        help="Enclave worker processes sharing the store and the port (one core each; "
+        "each keeps its own audit chain).",
+    ),
 ) -> None:
     """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
     from enclave_kms.host.service import GramineRunning, ServeOptions, start, start_gramine
@@ -65,11 +70,14 @@ def serve(
         platform_dir=platform_dir,
         gramine_dir=gramine_dir,
         pccs_url=pccs_url,
+        workers=workers,
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)
     ident = running.identity
     console.print(f"[bold]enclave-kms[/bold] is serving on {running.url}")
+    if running.others:
+        console.print(f"  {1 + len(running.others)} enclave workers on one port")
     console.print(f"  MRENCLAVE   {ident['mr_enclave']}")
     console.print(f"  MRSIGNER    {ident['mr_signer']}")
     console.print(
@@ -103,8 +111,8 @@ def _wait(running: Running | GramineRunning, console: Console) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1):
-        if not running.enclave.alive():
-            console.print("[red]the enclave process exited[/red]")
+        if not all(w.alive() for w in (running.enclave, *running.others)):
+            console.print("[red]an enclave process exited[/red]")
             break
     console.print("stopping…")
     code = running.stop()

@@ -253,7 +253,7 @@ def health() -> Call[Health]:
         identity = _field(doc, "identity")
         if not isinstance(identity, dict):
             raise ServerError("answer field 'identity' is not an object")
-        return Health(_str(doc, "status"), _bool(doc, "initialized"), identity)
+        return Health(_str(doc, "status"), _bool(doc, "initialized"), identity, _int(doc, "worker"))
 
     return Call("GET", "/v1/health", parse, auth=False, idempotent=True)
 
@@ -265,6 +265,7 @@ def init() -> Call[IssuedToken]:
 def audit_head() -> Call[AuditHead]:
     def parse(doc: Any) -> AuditHead:
         return AuditHead(
+            chain=_int(doc, "chain"),
             records=_int(doc, "records"),
             head_seq=_int(doc, "head_seq"),
             head_hash=_str(doc, "head_hash"),

@@ -153,6 +153,7 @@ class TokenPage:
 
 @dataclass(frozen=True)
 class AuditHead:
+    chain: int  # the audit chain of the worker that answered
     records: int
     head_seq: int
     head_hash: str
@@ -164,3 +165,4 @@ class Health:
     status: str
     initialized: bool
     identity: Mapping[str, Any]
+    worker: int = 0

@@ -314,6 +314,9 @@ class TokenListOut(Out):
 
 
 class AuditHeadOut(Out):
+    chain: int = Field(
+        description="the audit chain of the worker that answered (one chain per worker)"
+    )
     records: int = Field(description="records in the chain (the next sequence number)")
     head_seq: int = Field(description="sequence number of the last durable record")
     head_hash: str = Field(description="hex SHA-256 of the last durable record's body")
@@ -324,6 +327,7 @@ class HealthOut(Out):
     status: Literal["ok"]
     initialized: bool
     identity: dict[str, Any]
+    worker: int = Field(description="the enclave worker that answered (`serve --workers`)")
 
 
 class AttestationOut(Out):

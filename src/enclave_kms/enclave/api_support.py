@@ -65,6 +65,7 @@ class AppContext:
     attestation: AttestationProvider
     identity: Mapping[str, object]  # mr_enclave, mr_signer (hex), isv_prod_id, isv_svn, ...
     max_body_bytes: int = 1 << 20
+    worker: int = 0  # which enclave worker this is; its audit chain has the same number
 
 
 def app_context(request: Request) -> AppContext:

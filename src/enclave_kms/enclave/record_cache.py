@@ -2,11 +2,13 @@
 
 Why a cache. Every request names a token and a key; reading both from the host costs two
 OCALL round trips, which measured as the largest fixed cost of a request after the audit
-(docs/performance.md). One enclave process is the only writer of its store (the host locks
-the data directory; a host that runs two enclaves over one store anyway gains nothing it
-could not already get by serving an old version of a record), so every change to a record
-goes through this process and the cache can be exact: it is written through on every put,
-emptied on every delete and on every refused write, and never expires.
+(docs/performance.md). One server owns its store (`serve` locks the data directory) and every
+change to a record goes through one of its enclave workers, so the cache can be exact: it is
+written through on every put, emptied on every delete and on every refused write, and, with
+several workers, emptied of a record another worker changed (the `records_changed` ECALL,
+relayed by the host before that worker answers: host/workers.py). It never expires. A host
+that withholds a relay, or runs two servers over one store anyway, gains a worker answering
+from an older version of a record: what it can already get by serving an old sealed version.
 
 What it holds: the sealed blob and its version, exactly as the host returned or accepted it,
 only after the blob has been authenticated once. A plain read opens the blob again (AES-GCM and

@@ -81,6 +81,7 @@ def health(request: Request) -> HealthOut:
         status="ok",
         initialized=ctx.tokens.is_initialised(),
         identity={str(k): _json_value(v) for k, v in ctx.identity.items()},
+        worker=ctx.worker,
     )
 
 
@@ -153,9 +154,11 @@ def revoke_token(request: Request, token_id: TokenId) -> TokenOut:
 def audit_head(request: Request) -> AuditHeadOut:
     """The head of the audit chain and the audit key's fingerprint; the records themselves
     are stored by the host (check them with `enclave-kms audit verify`)."""
-    audit = app_context(request).audit
+    ctx = app_context(request)
+    audit = ctx.audit
     next_seq, last_hash = audit.head
     return AuditHeadOut(
+        chain=ctx.worker,
         records=next_seq,
         head_seq=next_seq - 1,
         head_hash=last_hash.hex(),

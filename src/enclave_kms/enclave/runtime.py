@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,8 @@ class RuntimeConfig:
     listen_host: str = "127.0.0.1"
     dns_names: tuple[str, ...] = ("localhost",)
     channel: dict[str, Any] = field(default_factory=dict)
+    worker: int = 0  # several workers serve one store and port: this one's number
+    workers: int = 1
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -77,9 +80,28 @@ class RuntimeConfig:
                 listen_host=str(raw.get("listen_host", "127.0.0.1")),
                 dns_names=tuple(str(n) for n in raw.get("dns_names", ("localhost",))),
                 channel=dict(raw.get("channel") or {}),
+                worker=int(raw.get("worker", 0)),
+                workers=int(raw.get("workers", 1)),
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
+
+
+def _shared_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other workers can bind too (SO_REUSEPORT)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def open_backend(config: RuntimeConfig) -> TeeBackend:
@@ -144,6 +166,7 @@ class EnclaveRuntime:
             "get_report": self.get_report,
             "get_evidence_with_pub_key": self.get_evidence_with_pub_key,
             "shutdown": self.shutdown,
+            "records_changed": self.records_changed,
             **self.channel.handlers(),
         }
 
@@ -206,12 +229,14 @@ class EnclaveRuntime:
             _, audit_der = self._record(
                 store, "audit-key", lambda: tls.key_to_der(tls.generate_tls_key())
             )
-            head_version, head = self._record(store, "audit-head", lambda: None)
+            # One audit chain per worker (the host keeps them apart; each has its own head).
+            head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
+            head_version, head = self._record(store, head_id, lambda: None)
             head_state = {"version": head_version}
 
             def persist_head(seq: int, prev: bytes) -> None:
                 head_state["version"] = store.put(
-                    "config", "audit-head", head_state["version"], [seq, prev]
+                    "config", head_id, head_state["version"], [seq, prev]
                 )
 
             self.audit = AuditLog(
@@ -258,12 +283,7 @@ class EnclaveRuntime:
         with self._state_lock:
             if self._server is not None:
                 raise ConflictError("the server is already running")
-            self.identity = tls.issue_identity(
-                tls_key,
-                self.quote_for,
-                datetime.now(UTC),
-                dns_names=self.config.dns_names,
-            )
+            self.identity = self._server_identity(tls_key)
             app = create_app(
                 AppContext(
                     kms=kms,
@@ -271,7 +291,14 @@ class EnclaveRuntime:
                     audit=audit,
                     attestation=self,
                     identity=self.identity_claims(),
+                    worker=self.config.worker,
                 )
+            )
+            # Several workers share the port: the kernel spreads connections over them.
+            sockets = (
+                [_shared_port_socket(self.config.listen_host, port)]
+                if self.config.workers > 1
+                else None
             )
             identity = self.identity
             server_config = uvicorn.Config(
@@ -291,9 +318,37 @@ class EnclaveRuntime:
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
         try:
-            self._server.run()
+            self._server.run(sockets=sockets)
         finally:
             self.server_done.set()
+        return {}
+
+    def _server_identity(self, key: ec.EllipticCurvePrivateKey) -> tls.TlsIdentity:
+        """Worker 0 issues the RA-TLS certificate and keeps it in the sealed store; the other
+        workers serve that same certificate (same build, hence the same sealed TLS key), so a
+        client that pinned it sees one server whichever worker its connection reaches."""
+        store = self.store
+        if store is None:
+            raise EnclaveKMSError("enclave is not initialized")
+        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        found = store.get("config", cert_id)
+        if self.config.worker > 0 and found is not None:
+            shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])
+            if shared is not None:
+                return shared
+            log.warning("the shared server certificate is not for this key; issuing one")
+        identity = tls.issue_identity(
+            key, self.quote_for, datetime.now(UTC), dns_names=self.config.dns_names
+        )
+        if self.config.worker == 0:
+            value = {"certificate": identity.certificate_pem, "quote": identity.quote}
+            store.put("config", cert_id, 0 if found is None else found.version, value)
+        return identity
+
+    def records_changed(self, kind: str, id: str) -> dict[str, Any]:
+        """Another worker wrote or deleted (kind, id): drop this worker's copy."""
+        if self.store is not None:
+            self.store.forget(kind, id)
         return {}
 
     def _pem_key(self) -> bytes:

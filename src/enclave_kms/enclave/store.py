@@ -146,6 +146,11 @@ class RecordStore:
             self._cache.store(kind, id, new_version, blob)
         return new_version
 
+    def forget(self, kind: str, id: str) -> None:
+        """Another worker changed this record: the next read asks the host."""
+        if self._cache is not None:
+            self._cache.remove(kind, id)
+
     def delete(self, kind: str, id: str, expected_version: int) -> None:
         require_host_access()
         try:

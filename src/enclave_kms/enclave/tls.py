@@ -100,6 +100,20 @@ def issue_identity(
     return TlsIdentity(key, cert, quote)
 
 
+def identity_for(
+    key: ec.EllipticCurvePrivateKey, certificate_pem: bytes, quote: bytes
+) -> TlsIdentity | None:
+    """An identity from a stored certificate, if that certificate is for `key`."""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError:
+        return None
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return TlsIdentity(key, cert, quote) if spki == spki_der(key) else None
+
+
 def ssl_context(identity: TlsIdentity) -> ssl.SSLContext:
     """Server context (TLS 1.2+, modern ciphers) loaded from memory, never from a named file."""
     pem = identity.certificate_pem + identity.key.private_bytes(

@@ -87,11 +87,26 @@ class PccsQuoting:
 
 
 class HostOcalls:
-    """The OCALL handler table for `Endpoint(serves="ocall")`."""
+    """The OCALL handler table for `Endpoint(serves="ocall")`, for one enclave worker.
 
-    def __init__(self, storage: Storage, quoting: QuotingService) -> None:
+    `chain` is that worker's audit chain. `on_change(kind, id)` runs after each record write
+    or delete the worker made, before the OCALL returns: with several workers the host tells
+    the others to forget that record (the `records_changed` ECALL), so none of them answers
+    from an older copy once the writer has acknowledged the change (enclave/record_cache.py).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        quoting: QuotingService,
+        *,
+        chain: int = 0,
+        on_change: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._storage = storage
         self._quoting = quoting
+        self._chain = chain
+        self._on_change = on_change
 
     def handlers(self) -> dict[str, Callable[..., dict[str, Any] | None]]:
         return {
@@ -99,18 +114,14 @@ class HostOcalls:
             "get_quote": lambda report: {"quote": self._quoting.quote(report)},
             "get_collateral": lambda quote: {"collateral": self._quoting.collateral(quote)},
             "store_get": self.store_get,
-            "store_put": lambda kind, id, expected_version, blob: {
-                "ok": self._storage.put(kind, id, expected_version, blob)
-            },
+            "store_put": self.store_put,
             "store_list": lambda kind, after, limit: {
                 "ids": self._storage.list_ids(kind, after, limit)
             },
-            "store_delete": lambda kind, id, expected_version: {
-                "ok": self._storage.delete(kind, id, expected_version)
-            },
+            "store_delete": self.store_delete,
             "audit_append": self.audit_append,
             "audit_tail": lambda from_seq: {
-                "records": self._storage.audit_tail(from_seq, AUDIT_TAIL_LIMIT)
+                "records": self._storage.audit_tail(from_seq, AUDIT_TAIL_LIMIT, self._chain)
             },
             "log": self.log,
         }
@@ -119,8 +130,20 @@ class HostOcalls:
         found = self._storage.get(kind, id)
         return {"version": 0} if found is None else {"version": found[0], "blob": found[1]}
 
+    def store_put(self, kind: str, id: str, expected_version: int, blob: bytes) -> dict[str, Any]:
+        ok = self._storage.put(kind, id, expected_version, blob)
+        if ok and self._on_change is not None:
+            self._on_change(kind, id)
+        return {"ok": ok}
+
+    def store_delete(self, kind: str, id: str, expected_version: int) -> dict[str, Any]:
+        ok = self._storage.delete(kind, id, expected_version)
+        if ok and self._on_change is not None:
+            self._on_change(kind, id)
+        return {"ok": ok}
+
     def audit_append(self, records: list[bytes]) -> dict[str, Any]:
-        self._storage.audit_append(records)
+        self._storage.audit_append(records, self._chain)
         return {"ok": True}
 
     def log(self, level: str, message: str) -> None:

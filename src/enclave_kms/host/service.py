@@ -12,12 +12,13 @@ Data directory layout (mode 0700):
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from enclave_kms.errors import ConfigError, EnclaveKMSError, ImageError, Platfor
 from enclave_kms.host.launcher import EnclaveProcess
 from enclave_kms.host.ocalls import HostOcalls, PccsQuoting, SimQuoting
 from enclave_kms.host.storage.sqlite import SQLiteStorage
+from enclave_kms.host.workers import MAX_WORKERS, ChangeRelay
 from enclave_kms.platform.image import EnclaveConfig, build_image, sign_image
 from enclave_kms.platform.sim.loader import LoadedImage, enclave_argv, load_image
 from enclave_kms.platform.sim.platform import SimPlatform
@@ -54,6 +56,33 @@ class ServeOptions:
     channel: dict[str, Any] = field(default_factory=dict)
     gramine_dir: Path | None = None  # hardware: where enclave-kms.manifest.sgx lives
     pccs_url: str | None = None  # hardware: where collateral comes from
+    workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
+
+
+class DataDirLock:
+    """One server per data directory, for as long as it runs.
+
+    The enclave keeps the records it uses in memory and relies on being the only writer of
+    its store (enclave/record_cache.py); two servers on one directory would also fork the
+    audit chain. An advisory lock (flock) on `DATA_DIR/serve.lock`, released by the kernel
+    if the host dies, so a crash never leaves the directory locked."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / "serve.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"{data_dir} is in use by another enclave-kms server (stop it first)"
+            ) from None
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
 
 
 @dataclass
@@ -66,11 +95,17 @@ class GramineRunning:
     info_path: Path
     identity: dict[str, Any]
     server_thread: threading.Thread
+    lock: DataDirLock | None = None
+    others: list[EnclaveProcess] = field(default_factory=list)  # workers 1..N-1
 
     def stop(self) -> int | None:
+        for worker in self.others:
+            worker.stop()
         code = self.enclave.stop()
         self.server_thread.join(10)
         self.storage.close()
+        if self.lock is not None:
+            self.lock.release()
         return code
 
 
@@ -87,11 +122,17 @@ class Running:
     root_path: Path
     identity: dict[str, Any]
     server_thread: threading.Thread
+    lock: DataDirLock | None = None
+    others: list[EnclaveProcess] = field(default_factory=list)  # workers 1..N-1
 
     def stop(self) -> int | None:
+        for worker in self.others:
+            worker.stop()
         code = self.enclave.stop()
         self.server_thread.join(10)
         self.storage.close()
+        if self.lock is not None:
+            self.lock.release()
         return code
 
 
@@ -169,12 +210,22 @@ def launch_enclave(
     channel: dict[str, Any] | None = None,
     observer: FrameObserver | None = None,
     stderr_sink: Callable[[str], None] | None = None,
+    worker: int = 0,
+    workers: int = 1,
+    relay: ChangeRelay | None = None,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
-    """Start an enclave process for `image` and run its `initialize` ECALL."""
+    """Start an enclave process for `image` and run its `initialize` ECALL (as worker
+    `worker` of `workers`, its writes relayed to the others through `relay`)."""
     pycache = _private_dir(data_dir / "pycache")
+    ocalls = HostOcalls(
+        storage,
+        SimQuoting(platform),
+        chain=worker,
+        on_change=None if relay is None else relay.on_change_for(worker),
+    )
     enclave = EnclaveProcess(
         enclave_argv(image, pycache_prefix=pycache),
-        HostOcalls(storage, SimQuoting(platform)).handlers(),
+        ocalls.handlers(),
         observer=observer,
         stderr_sink=stderr_sink,
     ).start()
@@ -184,6 +235,8 @@ def launch_enclave(
         "listen_host": listen_host,
         "dns_names": ["localhost", listen_host],
         "channel": channel or {},
+        "worker": worker,
+        "workers": workers,
     }
     try:
         reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=120)
@@ -194,9 +247,15 @@ def launch_enclave(
 
 
 def _publish(
-    enclave: EnclaveProcess, data_dir: Path, host: str, port: int
+    enclave: EnclaveProcess,
+    data_dir: Path,
+    host: str,
+    port: int,
+    others: Sequence[EnclaveProcess] = (),
 ) -> tuple[Path, threading.Thread]:
-    """The tutorial's host steps: write enclave.info.json, then serve until stopped."""
+    """The tutorial's host steps: write enclave.info.json, then serve until stopped.
+    Worker 0 first (it issues the certificate the other workers then serve), then the
+    others on the same port."""
     report = enclave.call("get_report", timeout=60)
     info = EnclaveInfo.from_report(report["report"], report["pem_key"])
     info_path = data_dir / "enclave.info.json"
@@ -206,6 +265,10 @@ def _publish(
     )
     thread.start()
     _wait_listening(host, port, thread, timeout=60)
+    for index, worker in enumerate(others, start=1):
+        threading.Thread(
+            target=lambda w=worker: _serve(w, port), name=f"set_up_server-{index}", daemon=True
+        ).start()
     return info_path, thread
 
 
@@ -223,29 +286,55 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
         )
     if not options.pccs_url:
         raise UsageError("--pccs-url URL: the PCCS (or Intel PCS) that serves collateral")
+    if not 1 <= options.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     data_dir = _private_dir(options.data_dir)
-    storage = SQLiteStorage(data_dir / "kms.sqlite")
-    enclave = EnclaveProcess(
-        ["gramine-sgx", "enclave-kms"],
-        HostOcalls(storage, PccsQuoting(PccsClient(options.pccs_url))).handlers(),
-        cwd=options.gramine_dir,
-        observer=options.observer,
-        stderr_sink=options.stderr_sink,
-    )
+    lock = DataDirLock(data_dir)
     try:
-        enclave.start()
-        config = {
-            "platform": "gramine",
-            "listen_host": options.host,
-            "dns_names": ["localhost", options.host],
-            "channel": options.channel,
-        }
-        identity = cbor2.loads(
-            enclave.call("initialize", config=cbor2.dumps(config), timeout=300)["identity"]
-        )
-        info_path, thread = _publish(enclave, data_dir, options.host, options.port)
+        return _start_gramine(options, options.pccs_url, data_dir, lock)
     except BaseException:
-        enclave.stop()
+        lock.release()
+        raise
+
+
+def _start_gramine(
+    options: ServeOptions, pccs_url: str, data_dir: Path, lock: DataDirLock
+) -> GramineRunning:
+    storage = SQLiteStorage(data_dir / "kms.sqlite")
+    quoting = PccsQuoting(PccsClient(pccs_url))
+    relay = ChangeRelay()
+    launched: list[EnclaveProcess] = []
+    identity: dict[str, Any] = {}
+    try:
+        for worker in range(options.workers):  # one after the other: 0 creates the secrets
+            ocalls = HostOcalls(
+                storage, quoting, chain=worker, on_change=relay.on_change_for(worker)
+            )
+            enclave = EnclaveProcess(
+                ["gramine-sgx", "enclave-kms"],
+                ocalls.handlers(),
+                cwd=options.gramine_dir,
+                observer=options.observer,
+                stderr_sink=options.stderr_sink,
+            )
+            launched.append(enclave)
+            enclave.start()
+            relay.add(enclave)
+            config = {
+                "platform": "gramine",
+                "listen_host": options.host,
+                "dns_names": ["localhost", options.host],
+                "channel": options.channel,
+                "worker": worker,
+                "workers": options.workers,
+            }
+            reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
+            identity = identity or cbor2.loads(reply["identity"])
+        enclave, others = launched[0], launched[1:]
+        info_path, thread = _publish(enclave, data_dir, options.host, options.port, others)
+    except BaseException:
+        for started in launched:
+            started.stop()
         storage.close()
         raise
     return GramineRunning(
@@ -255,6 +344,8 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
         info_path=info_path,
         identity=identity,
         server_thread=thread,
+        lock=lock,
+        others=others,
     )
 
 
@@ -264,7 +355,18 @@ def start(options: ServeOptions) -> Running:
             f"--platform {options.platform!r}: this function starts simulation; "
             "use start_gramine for SGX hardware"
         )
+    if not 1 <= options.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     data_dir = _private_dir(options.data_dir)
+    lock = DataDirLock(data_dir)
+    try:
+        return _start_sim(options, data_dir, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Running:
     platform = ensure_platform(options.platform_dir or data_dir / "platform")
     image = (
         load_image(options.image)
@@ -274,24 +376,32 @@ def start(options: ServeOptions) -> Running:
     root_path = data_dir / "sim-root.pem"
     root_path.write_bytes(platform.root_pem())
     storage = SQLiteStorage(data_dir / "kms.sqlite")
+    relay = ChangeRelay()
+    launched: list[EnclaveProcess] = []
+    identity: dict[str, Any] = {}
     try:
-        enclave, identity = launch_enclave(
-            image,
-            platform,
-            storage,
-            data_dir,
-            listen_host=options.host,
-            channel=options.channel,
-            observer=options.observer,
-            stderr_sink=options.stderr_sink,
-        )
+        for worker in range(options.workers):  # one after the other: 0 creates the secrets
+            enclave, claims = launch_enclave(
+                image,
+                platform,
+                storage,
+                data_dir,
+                listen_host=options.host,
+                channel=options.channel,
+                observer=options.observer,
+                stderr_sink=options.stderr_sink,
+                worker=worker,
+                workers=options.workers,
+                relay=relay,
+            )
+            launched.append(enclave)
+            relay.add(enclave)
+            identity = identity or claims
+        enclave, others = launched[0], launched[1:]
+        info_path, thread = _publish(enclave, data_dir, options.host, options.port, others)
     except BaseException:
-        storage.close()
-        raise
-    try:
-        info_path, thread = _publish(enclave, data_dir, options.host, options.port)
-    except BaseException:
-        enclave.stop()
+        for started in launched:
+            started.stop()
         storage.close()
         raise
     return Running(
@@ -304,6 +414,8 @@ def start(options: ServeOptions) -> Running:
         root_path=root_path,
         identity=identity,
         server_thread=thread,
+        lock=lock,
+        others=others,
     )
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: records + one audit chain. 2: the audit table gains a `chain` column (one chain per
+enclave worker); a version-1 database is migrated on open (its records are chain 0)."""
 
 
 class Storage(Protocol):
@@ -30,13 +32,16 @@ class Storage(Protocol):
     def delete(self, kind: str, id: str, expected_version: int) -> bool:
         """Delete iff the stored version is `expected_version`."""
 
-    def audit_append(self, records: list[bytes]) -> None:
-        """Append audit records durably, in order, atomically as one batch."""
+    def audit_append(self, records: list[bytes], chain: int = 0) -> None:
+        """Append records to audit chain `chain` durably, in order, atomically as one batch."""
 
-    def audit_tail(self, from_seq: int, limit: int) -> list[bytes]:
-        """At most `limit` audit records from position `from_seq` (0-based) on."""
+    def audit_tail(self, from_seq: int, limit: int, chain: int = 0) -> list[bytes]:
+        """At most `limit` records of chain `chain` from position `from_seq` (0-based) on."""
 
-    def audit_records(self) -> list[bytes]:
-        """Every audit record in append order (for `audit verify`)."""
+    def audit_records(self, chain: int = 0) -> list[bytes]:
+        """Every record of one audit chain in append order (for `audit verify`)."""
+
+    def audit_chains(self) -> list[int]:
+        """The chains that hold records, ascending (one per enclave worker that wrote)."""
 
     def close(self) -> None: ...

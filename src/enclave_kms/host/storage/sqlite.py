@@ -20,9 +20,19 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    chain  INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS audit_by_chain ON audit(chain, seq);
 """
+
+_MIGRATIONS = {
+    1: """
+ALTER TABLE audit ADD COLUMN chain INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS audit_by_chain ON audit(chain, seq);
+""",
+}
+"""From version N to N+1, run in one transaction with the version bump."""
 
 
 class SQLiteStorage:
@@ -45,7 +55,10 @@ class SQLiteStorage:
             if version == 0:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+                version = SCHEMA_VERSION
+            while version in _MIGRATIONS:
+                version = self._migrate(version)
+            if version != SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path}: schema version {version}, this build uses {SCHEMA_VERSION}"
                 )
@@ -55,6 +68,20 @@ class SQLiteStorage:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()  # never the writer's lock: reads must not wait
+
+    def _migrate(self, version: int) -> int:
+        """One schema step, atomically: a crash leaves the old version, never half of one."""
+        try:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[version]} PRAGMA user_version={version + 1};"
+                " COMMIT;"
+            )
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        (new_version,) = self._db.execute("PRAGMA user_version").fetchone()
+        return int(new_version)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -115,13 +142,14 @@ class SQLiteStorage:
         )
         return cur.rowcount == 1
 
-    def audit_append(self, records: list[bytes]) -> None:
+    def audit_append(self, records: list[bytes], chain: int = 0) -> None:
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany(
-                        "INSERT INTO audit(record) VALUES (?)", [(r,) for r in records]
+                        "INSERT INTO audit(record, chain) VALUES (?, ?)",
+                        [(r, chain) for r in records],
                     )
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -130,15 +158,19 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"audit append failed: {exc}") from None
 
-    def audit_tail(self, from_seq: int, limit: int) -> list[bytes]:
+    def audit_tail(self, from_seq: int, limit: int, chain: int = 0) -> list[bytes]:
         rows = self._read(
-            "SELECT record FROM audit ORDER BY seq LIMIT ? OFFSET ?", (limit, from_seq)
+            "SELECT record FROM audit WHERE chain=? ORDER BY seq LIMIT ? OFFSET ?",
+            (chain, limit, from_seq),
         )
         return [bytes(r[0]) for r in rows]
 
-    def audit_records(self) -> list[bytes]:
-        rows = self._read("SELECT record FROM audit ORDER BY seq")
+    def audit_records(self, chain: int = 0) -> list[bytes]:
+        rows = self._read("SELECT record FROM audit WHERE chain=? ORDER BY seq", (chain,))
         return [bytes(r[0]) for r in rows]
+
+    def audit_chains(self) -> list[int]:
+        return [int(r[0]) for r in self._read("SELECT DISTINCT chain FROM audit ORDER BY chain")]
 
     def close(self) -> None:
         with self._readers_lock:
