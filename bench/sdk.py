@@ -51,6 +51,7 @@ import httpx
 
 from bench.measure import BenchError, Case, RunSample, timed_loop
 from bench.peers.base import HttpTarget
+from bench.peers.enclave_kms import target_dir
 from enclave_kms.attestation.policy import Policy, validate
 from enclave_kms.attestation.types import Collateral, TcbStatus, TrustRoot
 from enclave_kms.attestation.verify import verify_quote
@@ -62,7 +63,6 @@ from enclave_kms.errors import EnclaveKMSError
 NAMES = ("sdk-first-answer", "ratls-handshake")
 GROUP = "attestation"
 CLIENTS = 4  # handshake threads: a few, on a 2-core machine shared with the server
-KMS_DATA_DIR = "enclave-kms"  # the data directory bench/peers/enclave_kms.py gives its server
 PLAINTEXT = bytes(range(32))
 TIMEOUT = 30.0
 
@@ -121,7 +121,7 @@ def _pinned_policy(url: str, root: TrustRoot) -> Policy:
 
 def prepare(target: HttpTarget, workdir: Path) -> KmsServer:
     """Everything the rows need from the running server, checked once before timing."""
-    root_path = workdir / KMS_DATA_DIR / "sim-root.pem"
+    root_path = target_dir(workdir) / "sim-root.pem"  # the server the HTTP rows load
     if not root_path.is_file():
         raise BenchError(f"the enclave-kms server wrote no simulated root at {root_path}")
     encrypt = target.ops["encrypt"]

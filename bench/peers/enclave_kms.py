@@ -85,10 +85,16 @@ def _fill(db: Path, count: int, blob_size: int) -> None:
         conn.close()
 
 
+def target_dir(workdir: Path, *, prefill: int = 0, workers: int = 2) -> Path:
+    """The data directory of the target of these settings (its sim-root.pem for the SDK)."""
+    suffix = f"-{prefill}" if prefill else ""
+    return workdir / f"enclave-kms{suffix}-w{workers}"
+
+
 def enclave_kms_target(workdir: Path, *, prefill: int = 0, workers: int = 2) -> HttpTarget | None:
     """Start `enclave-kms serve --workers N` (simulation) and describe its operations."""
-    name = f"enclave-kms-w{workers}" if not prefill else f"enclave-kms-{prefill}-w{workers}"
-    data_dir = workdir / name
+    data_dir = target_dir(workdir, prefill=prefill, workers=workers)
+    name = data_dir.name
     port = free_port()
     cli = Path(sys.executable).with_name("enclave-kms")
     argv = [
