@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cbor2
 from cryptography.hazmat.primitives import serialization
@@ -85,55 +85,48 @@ class DataDirLock:
             os.close(fd)  # closing the descriptor drops the lock
 
 
-@dataclass
-class GramineRunning:
+@dataclass(kw_only=True)
+class Served:
+    """A started server, on either platform: what `serve` prints and what tests inspect."""
+
+    url: str
+    enclave: EnclaveProcess  # worker 0
+    storage: SQLiteStorage
+    info_path: Path
+    identity: dict[str, Any]
+    server_thread: threading.Thread
+    lock: DataDirLock | None = None
+    others: list[EnclaveProcess] = field(default_factory=list)  # workers 1..N-1
+
+    def stop(self) -> int | None:
+        for worker in self.others:
+            worker.stop()
+        code = self.enclave.stop()
+        self.server_thread.join(10)
+        self.storage.close()
+        if self.lock is not None:
+            self.lock.release()
+        return code
+
+
+@dataclass(kw_only=True)
+class GramineRunning(Served):
     """A server on SGX hardware: Gramine measured and launched the enclave; no image here."""
 
-    url: str
-    enclave: EnclaveProcess
-    storage: SQLiteStorage
-    info_path: Path
-    identity: dict[str, Any]
-    server_thread: threading.Thread
-    lock: DataDirLock | None = None
-    others: list[EnclaveProcess] = field(default_factory=list)  # workers 1..N-1
 
-    def stop(self) -> int | None:
-        for worker in self.others:
-            worker.stop()
-        code = self.enclave.stop()
-        self.server_thread.join(10)
-        self.storage.close()
-        if self.lock is not None:
-            self.lock.release()
-        return code
+@dataclass(kw_only=True)
+class Running(Served):
+    """A server in simulation, with the image, the simulated platform and its root."""
 
-
-@dataclass
-class Running:
-    """A started server: what `serve` prints and what tests inspect."""
-
-    url: str
     image: LoadedImage
     platform: SimPlatform
-    enclave: EnclaveProcess
-    storage: SQLiteStorage
-    info_path: Path
     root_path: Path
-    identity: dict[str, Any]
-    server_thread: threading.Thread
-    lock: DataDirLock | None = None
-    others: list[EnclaveProcess] = field(default_factory=list)  # workers 1..N-1
 
-    def stop(self) -> int | None:
-        for worker in self.others:
-            worker.stop()
-        code = self.enclave.stop()
-        self.server_thread.join(10)
-        self.storage.close()
-        if self.lock is not None:
-            self.lock.release()
-        return code
+
+Launch = Callable[[int, ChangeRelay], tuple[EnclaveProcess, dict[str, Any]]]
+"""Start worker N (its writes relayed through the relay) and run `initialize`: the process and
+its identity claims. Stops the process itself if `initialize` fails."""
+S = TypeVar("S", bound=Served)
 
 
 def _private_dir(path: Path) -> Path:
@@ -302,34 +295,57 @@ def _start_gramine(
 ) -> GramineRunning:
     storage = SQLiteStorage(data_dir / "kms.sqlite")
     quoting = PccsQuoting(PccsClient(pccs_url))
+
+    def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
+        ocalls = HostOcalls(storage, quoting, chain=worker, on_change=relay.on_change_for(worker))
+        enclave = EnclaveProcess(
+            ["gramine-sgx", "enclave-kms"],
+            ocalls.handlers(),
+            cwd=options.gramine_dir,
+            observer=options.observer,
+            stderr_sink=options.stderr_sink,
+        ).start()
+        config = {
+            "platform": "gramine",
+            "listen_host": options.host,
+            "dns_names": ["localhost", options.host],
+            "channel": options.channel,
+            "worker": worker,
+            "workers": options.workers,
+        }
+        try:
+            reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
+        except BaseException:
+            enclave.stop()
+            raise
+        return enclave, cbor2.loads(reply["identity"])
+
+    return _serve_workers(
+        GramineRunning, options, data_dir, storage=storage, lock=lock, launch=launch
+    )
+
+
+def _serve_workers(
+    kind: type[S],
+    options: ServeOptions,
+    data_dir: Path,
+    *,
+    storage: SQLiteStorage,
+    lock: DataDirLock,
+    launch: Launch,
+    **extra: Any,
+) -> S:
+    """Launch `options.workers` enclaves one after the other (worker 0 creates the sealed
+    secrets the others unseal), then serve them all on one port (host/workers.py)."""
     relay = ChangeRelay()
     launched: list[EnclaveProcess] = []
     identity: dict[str, Any] = {}
     try:
-        for worker in range(options.workers):  # one after the other: 0 creates the secrets
-            ocalls = HostOcalls(
-                storage, quoting, chain=worker, on_change=relay.on_change_for(worker)
-            )
-            enclave = EnclaveProcess(
-                ["gramine-sgx", "enclave-kms"],
-                ocalls.handlers(),
-                cwd=options.gramine_dir,
-                observer=options.observer,
-                stderr_sink=options.stderr_sink,
-            )
+        for worker in range(options.workers):
+            enclave, claims = launch(worker, relay)
             launched.append(enclave)
-            enclave.start()
             relay.add(enclave)
-            config = {
-                "platform": "gramine",
-                "listen_host": options.host,
-                "dns_names": ["localhost", options.host],
-                "channel": options.channel,
-                "worker": worker,
-                "workers": options.workers,
-            }
-            reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
-            identity = identity or cbor2.loads(reply["identity"])
+            identity = identity or claims
         enclave, others = launched[0], launched[1:]
         info_path, thread = _publish(enclave, data_dir, options.host, options.port, others)
     except BaseException:
@@ -337,15 +353,16 @@ def _start_gramine(
             started.stop()
         storage.close()
         raise
-    return GramineRunning(
+    return kind(
         url=f"https://{options.host}:{options.port}",
         enclave=enclave,
+        others=others,
         storage=storage,
         info_path=info_path,
         identity=identity,
         server_thread=thread,
         lock=lock,
-        others=others,
+        **extra,
     )
 
 
@@ -376,46 +393,32 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
     root_path = data_dir / "sim-root.pem"
     root_path.write_bytes(platform.root_pem())
     storage = SQLiteStorage(data_dir / "kms.sqlite")
-    relay = ChangeRelay()
-    launched: list[EnclaveProcess] = []
-    identity: dict[str, Any] = {}
-    try:
-        for worker in range(options.workers):  # one after the other: 0 creates the secrets
-            enclave, claims = launch_enclave(
-                image,
-                platform,
-                storage,
-                data_dir,
-                listen_host=options.host,
-                channel=options.channel,
-                observer=options.observer,
-                stderr_sink=options.stderr_sink,
-                worker=worker,
-                workers=options.workers,
-                relay=relay,
-            )
-            launched.append(enclave)
-            relay.add(enclave)
-            identity = identity or claims
-        enclave, others = launched[0], launched[1:]
-        info_path, thread = _publish(enclave, data_dir, options.host, options.port, others)
-    except BaseException:
-        for started in launched:
-            started.stop()
-        storage.close()
-        raise
-    return Running(
-        url=f"https://{options.host}:{options.port}",
+
+    def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
+        return launch_enclave(
+            image,
+            platform,
+            storage,
+            data_dir,
+            listen_host=options.host,
+            channel=options.channel,
+            observer=options.observer,
+            stderr_sink=options.stderr_sink,
+            worker=worker,
+            workers=options.workers,
+            relay=relay,
+        )
+
+    return _serve_workers(
+        Running,
+        options,
+        data_dir,
+        storage=storage,
+        lock=lock,
+        launch=launch,
         image=image,
         platform=platform,
-        enclave=enclave,
-        storage=storage,
-        info_path=info_path,
         root_path=root_path,
-        identity=identity,
-        server_thread=thread,
-        lock=lock,
-        others=others,
     )
 
 
