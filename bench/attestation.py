@@ -37,7 +37,7 @@ from enclave_kms.platform.sim.platform import SimPlatform
 from enclave_kms.sgx.report import AttributeFlags, Attributes
 
 REPO = Path(__file__).resolve().parents[1]
-PHALA = REPO.parent / "shared" / "testdata" / "sgx" / "phala-dcap-qvl"
+PHALA = REPO / "tests" / "vectors" / "sgx" / "phala-dcap-qvl"
 PHALA_TIME = 1752919277  # SOURCES.md: 2025-07-19T10:01:17Z
 PHALA_STATUS = TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED
 

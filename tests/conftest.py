@@ -1,4 +1,4 @@
-"""Shared fixtures: the real SGX/TDX vectors live beside the repo in ../shared/testdata/sgx."""
+"""Shared fixtures: the real SGX/TDX vectors live beside the repo in tests/vectors/sgx."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from tests.client.real_server import RealKMS
 
 REPO = Path(__file__).resolve().parents[1]
-SGX_TESTDATA = REPO.parent / "shared" / "testdata" / "sgx"
+SGX_TESTDATA = REPO / "tests" / "vectors" / "sgx"
 
 
 @pytest.fixture(scope="session")

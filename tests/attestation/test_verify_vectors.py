@@ -1,6 +1,6 @@
 """verify_quote on every real vector set at the times SOURCES.md gives, plus the negatives.
 
-Expected outcomes come from ../shared/testdata/sgx/SOURCES.md (origins' own tests and the
+Expected outcomes come from tests/vectors/sgx/SOURCES.md (origins' own tests and the
 independent walk recorded there). Where dcap-qvl applies (TCB Info v3, non-debug) every accepted
 verification below also went through it (`second_opinion` holds its status).
 """

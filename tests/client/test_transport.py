@@ -29,7 +29,7 @@ def _body(code: str, message: str = "m") -> bytes:
 
 
 def test_every_server_code_becomes_the_servers_own_class() -> None:
-    # The server's table (enclave/http_errors.py) maps these classes to these codes.
+    # The server's table (enclave/api/errors.py) maps these classes to these codes.
     for cls in (
         errors.InvalidRequestError,
         errors.CryptoOperationError,

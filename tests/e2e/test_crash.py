@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from enclave_kms.enclave.audit import verify_chain
+from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 from tests.e2e.conftest import CLI, HTTP_TIMEOUT, b64, free_port, ok, served, unb64
 

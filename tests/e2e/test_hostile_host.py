@@ -1,6 +1,6 @@
 """A hostile host: it edits the SQLite file under a running (or stopped) enclave.
 
-A running enclave answers from its own memory of the records it holds (enclave/record_cache.py),
+A running enclave answers from its own memory of the records it holds (enclave/state/cache.py),
 so an edit under it changes nothing until the record is read from the host again: after a
 restart. Then altering, swapping, deleting a record or bumping its version makes that one key
 fail with a clear error (502 integrity_violation naming the record, or 404 for a deleted one);
@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 
 from enclave_kms import edl
 from enclave_kms.edl_endpoint import Endpoint
-from enclave_kms.enclave.audit import AuditEvent, AuditLog, verify_chain
 from enclave_kms.enclave.host_calls import HostCalls
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
+from enclave_kms.enclave.state.audit import AuditEvent, AuditLog, verify_chain
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
 from enclave_kms.errors import (
     AuditError,
     BoundaryError,

@@ -39,7 +39,7 @@ from enclave_kms.attestation.ratls import (
 )
 from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.attestation.verify import verify_quote
-from enclave_kms.enclave.audit import verify_chain
+from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.errors import ConfigError, UnsupportedFormatError
 from enclave_kms.host.service import ServeOptions, start
 from enclave_kms.sgx.oe import OeEvidence

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from enclave_kms.enclave.audit import verify_chain
+from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 from tests.e2e.conftest import CLI, HTTP_TIMEOUT, Server, b64, fails, ok, served
 

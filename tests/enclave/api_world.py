@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from enclave_kms.enclave.api import AppContext, AttestationBundle, create_app
-from enclave_kms.enclave.audit import AuditLog
-from enclave_kms.enclave.kms import KMSService
-from enclave_kms.enclave.record_cache import RecordCache
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
-from enclave_kms.enclave.tokens import TokenService
+from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
+from enclave_kms.enclave.keys.service import KMSService
+from enclave_kms.enclave.state.audit import AuditLog
+from enclave_kms.enclave.state.cache import RecordCache
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
+from enclave_kms.enclave.state.tokens import TokenService
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project has

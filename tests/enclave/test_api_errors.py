@@ -13,14 +13,14 @@ from typing import Any
 import anyio
 import pytest
 
-from enclave_kms.enclave.api import create_app
-from enclave_kms.enclave.audit import verify_chain
-from enclave_kms.enclave.http_errors import (
+from enclave_kms.enclave.api.app import create_app
+from enclave_kms.enclave.api.errors import (
     ERROR_TABLE,
     code_for_status,
     status_for,
     validation_message,
 )
+from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.errors import (
     AuditError,
     CollateralError,

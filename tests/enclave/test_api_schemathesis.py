@@ -154,7 +154,7 @@ def test_no_server_errors(st_world: World, api_schema: Any, mode: GenerationMode
 
 
 def test_the_run_left_a_valid_audit_chain_naming_every_operation(st_world: World) -> None:
-    from enclave_kms.enclave.audit import verify_chain
+    from enclave_kms.enclave.state.audit import verify_chain
 
     records = st_world.storage.audit_records()
     assert verify_chain(records).records == len(records)

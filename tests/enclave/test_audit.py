@@ -9,7 +9,7 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_kms.enclave.audit import AuditEvent, AuditLog, verify_chain
+from enclave_kms.enclave.state.audit import AuditEvent, AuditLog, verify_chain
 from enclave_kms.errors import AuditError
 
 

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_kms.enclave import keytypes
-from enclave_kms.enclave.keytypes import KEY_TYPES, KeyType, LoadedKey
+from enclave_kms.enclave.keys import keytypes
+from enclave_kms.enclave.keys.keytypes import KEY_TYPES, KeyType, LoadedKey
 from enclave_kms.errors import IntegrityError, InvalidRequestError
 
 ASYMMETRIC = [n for n, t in KEY_TYPES.items() if t.asymmetric]

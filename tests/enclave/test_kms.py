@@ -25,15 +25,15 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave_kms.enclave import keytypes
-from enclave_kms.enclave.keytypes import KEY_TYPES, LoadedKey
-from enclave_kms.enclave.kms import (
+from enclave_kms.enclave.keys import keytypes
+from enclave_kms.enclave.keys.keytypes import KEY_TYPES, LoadedKey
+from enclave_kms.enclave.keys.service import (
     DecryptItem,
     EncryptItem,
     KMSService,
 )
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
 from enclave_kms.errors import (
     ConflictError,
     CryptoOperationError,

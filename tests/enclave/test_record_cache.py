@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from enclave_kms.enclave.record_cache import (
+from enclave_kms.enclave.state.cache import (
     RecordCache,
     WouldBlock,
     memory_only,
     require_host_access,
 )
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
 from enclave_kms.errors import ConflictError, IntegrityError
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from enclave_kms.enclave.records import RecordCipher
+from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.errors import IntegrityError
 
 SECRET = b"\x13\x37" * 16

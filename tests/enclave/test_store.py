@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
 from enclave_kms.errors import ConflictError, IntegrityError
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
-from enclave_kms.enclave.tokens import (
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
+from enclave_kms.enclave.state.tokens import (
     ADMIN_POLICY,
     OPERATIONS,
     IssuedToken,

@@ -1,4 +1,4 @@
-"""Loading the real quote vectors of ../shared/testdata/sgx (see SOURCES.md there)."""
+"""Loading the real quote vectors of tests/vectors/sgx (see SOURCES.md there)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`enclave-kms audit verify|head`: check the audit log the host stores.
 
 The enclave writes every request as a hash-chained record signed by a key that never leaves it
-(`enclave/audit.py`); the host only stores the records (the `audit` table of `kms.sqlite`).
+(`enclave/state/audit.py`); the host only stores the records (the `audit` table of `kms.sqlite`).
 `verify` reads that table directly — it needs no server — and checks sequence, links and
 signatures, naming the first bad record. With `--against-server` it also asks the attested
 enclave for the head of its chain, so a log that was truncated at the end, or re-signed with
@@ -71,7 +71,7 @@ def verify_cmd(
     trust_root: TrustRootOpt = None,
 ) -> None:
     """Verify the audit chain: sequence, links, signatures; names the first bad record."""
-    from enclave_kms.enclave.audit import verify_chain
+    from enclave_kms.enclave.state.audit import verify_chain
 
     head = None
     if against_server:

@@ -1,7 +1,7 @@
 """The client's one mapping from the server's error codes back to the exception tree.
 
 The server answers every failure as ``{"error": {"code", "message"}}`` with the code of an
-`enclave_kms.errors` class (its own table lives in `enclave/http_errors.py`). The client turns
+`enclave_kms.errors` class (its own table lives in `enclave/api/errors.py`). The client turns
 that code back into the *same* class, so `except NotFoundError` works identically against the
 service in process and over HTTPS. Codes the framework produces before any route runs
 (unknown route, wrong method, oversized body) map to the closest class.

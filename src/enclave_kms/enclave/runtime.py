@@ -26,15 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
 from enclave_kms.enclave import tls
-from enclave_kms.enclave.api import AppContext, AttestationBundle, create_app
-from enclave_kms.enclave.audit import AuditLog
+from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
 from enclave_kms.enclave.host_calls import Call, HostCalls
-from enclave_kms.enclave.kms import KMSService
-from enclave_kms.enclave.record_cache import RecordCache
-from enclave_kms.enclave.records import RecordCipher
-from enclave_kms.enclave.store import RecordStore
-from enclave_kms.enclave.tokens import TokenService
+from enclave_kms.enclave.keys.service import KMSService
+from enclave_kms.enclave.state.audit import AuditLog
+from enclave_kms.enclave.state.cache import RecordCache
+from enclave_kms.enclave.state.records import RecordCipher
+from enclave_kms.enclave.state.store import RecordStore
+from enclave_kms.enclave.state.tokens import TokenService
 from enclave_kms.errors import (
     ConfigError,
     ConflictError,

@@ -92,7 +92,7 @@ class HostOcalls:
     `chain` is that worker's audit chain. `on_change(kind, id)` runs after each record write
     or delete the worker made, before the OCALL returns: with several workers the host tells
     the others to forget that record (the `records_changed` ECALL), so none of them answers
-    from an older copy once the writer has acknowledged the change (enclave/record_cache.py).
+    from an older copy once the writer has acknowledged the change (enclave/state/cache.py).
     """
 
     def __init__(

@@ -63,7 +63,7 @@ class DataDirLock:
     """One server per data directory, for as long as it runs.
 
     The enclave keeps the records it uses in memory and relies on being the only writer of
-    its store (enclave/record_cache.py); two servers on one directory would also fork the
+    its store (enclave/state/cache.py); two servers on one directory would also fork the
     audit chain. An advisory lock (flock) on `DATA_DIR/serve.lock`, released by the kernel
     if the host dies, so a crash never leaves the directory locked."""
 

@@ -1,0 +1,235 @@
+"""The KMS HTTP API (`/v1`, JSON, OpenAPI at /docs and /openapi.json) — DESIGN §11.
+
+`create_app(ctx)` builds a FastAPI app over the services in `AppContext`. The runtime serves
+it over RA-TLS inside the enclave; tests drive it in process.
+
+Audit placement. `AuditMiddleware` is a pure ASGI middleware around the whole app (inside
+Starlette's outermost error middleware, outside routing and the exception handlers). It gives
+every request a request id and an audit slot; routes fill in the operation, target and actor
+(`api_support.AuditedRoute`), error handlers fill in the outcome (`http_errors`). When the app
+sends `http.response.start`, the middleware holds it, waits until the `AuditEvent` is durable
+(`AuditLog.record_async`: a future on the event loop, no thread per request) and only then
+lets the response out. If
+the record cannot be made durable, the client gets 503 `audit_failed` and never the original
+body (fail closed): nothing is acknowledged that is not audited. Because the hook is the
+response itself, requests that never reach a route — unknown path, wrong method, malformed or
+oversized body, invalid token — are audited like any other.
+
+Body limit. The same middleware counts request bytes as they are received and refuses more
+than `ctx.max_body_bytes` with 413 `payload_too_large`. A declared Content-Length above the
+limit is refused by every route right after authentication, before any byte is read; a body
+streamed without (or beyond) its Content-Length is refused as soon as the count passes the
+limit. An anonymous caller of an authenticated route gets 401 either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from enclave_kms.enclave.api import routes_crypto, routes_keys, routes_sys
+from enclave_kms.enclave.api.errors import (
+    ERROR_RESPONSES,
+    INTERNAL_MESSAGE,
+    code_for_status,
+    describe_exception,
+    error_body,
+    error_response,
+    install_error_handlers,
+)
+from enclave_kms.enclave.api.support import (
+    BEARER_SCHEME,
+    BEARER_SCHEME_DOC,
+    SLOT_KEY,
+    AppContext,
+    AttestationBundle,
+    AttestationProvider,
+    RequestSlot,
+    route_label,
+    route_operation,
+)
+from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
+
+__all__ = ["AppContext", "AttestationBundle", "AttestationProvider", "create_app"]
+
+logger = logging.getLogger("enclave_kms.api")
+
+API_TITLE = "enclave-kms"
+API_VERSION = "1"
+AUDIT_FAILED_MESSAGE = "audit log unavailable: operation not acknowledged"
+_JSON = (b"content-type", b"application/json")
+_DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _operation(scope: Scope, slot: RequestSlot) -> str:
+    if slot.op is not None:
+        return slot.op
+    op = route_operation(scope.get("route"))
+    if op is not None:
+        return op
+    return "docs" if scope.get("path") in _DOC_PATHS else "unknown"
+
+
+class AuditMiddleware:
+    """Request ids, the body-size limit, and the audit record of every response (see the
+    module docstring). Pure ASGI so it adds no per-request task or body copy."""
+
+    def __init__(self, app: ASGIApp, *, audit: AuditLog, max_body_bytes: int) -> None:
+        self.app = app
+        self.audit = audit
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = _content_length(scope)
+        slot = RequestSlot(uuid.uuid4().hex)
+        slot.declared_too_large = declared is not None and declared > limit
+        scope[SLOT_KEY] = slot
+        received = 0
+        started = False
+        refused = False  # the audit failed: swallow the rest of the original response
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if slot.declared_too_large:
+                raise StarletteHTTPException(413)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(413)
+            return message
+
+        async def audited_send(message: Message) -> None:
+            nonlocal started, refused
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if not await self._record(scope, slot, status):
+                    refused = True
+                    started = True
+                    await self._send_audit_failure(send, slot)
+                    return
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", slot.request_id.encode("ascii")))
+                message = {**message, "headers": headers}
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, audited_send)
+        except Exception as exc:
+            if started:
+                raise
+            if isinstance(exc, StarletteHTTPException) and exc.status_code == 413:
+                response = error_response(
+                    scope, 413, "payload_too_large", "request body is too large"
+                )
+            else:
+                logger.error(
+                    "unexpected %s on %s (request %s)",
+                    describe_exception(exc),
+                    route_label(scope),
+                    slot.request_id,
+                )
+                response = error_response(scope, 500, "internal", INTERNAL_MESSAGE)
+            await response(scope, receive, audited_send)
+
+    async def _record(self, scope: Scope, slot: RequestSlot, status: int) -> bool:
+        outcome = slot.outcome or ("ok" if status < 400 else code_for_status(status))
+        event = AuditEvent(
+            actor=slot.actor,
+            op=_operation(scope, slot),
+            target=slot.target,
+            outcome=outcome,
+            request_id=slot.request_id,
+        )
+        try:
+            await self.audit.record_async(event)
+        except Exception as exc:  # noqa: BLE001 - any failure to audit refuses the response
+            logger.error(
+                "audit record failed (%s); request %s refused", type(exc).__name__, slot.request_id
+            )
+            return False
+        return True
+
+    @staticmethod
+    async def _send_audit_failure(send: Send, slot: RequestSlot) -> None:
+        body = json.dumps(error_body("audit_failed", AUDIT_FAILED_MESSAGE)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    _JSON,
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", slot.request_id.encode("ascii")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document without FastAPI's default 422 (we answer 400 invalid_request)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if isinstance(operation, dict):
+                operation.get("responses", {}).pop("422", None)
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})[BEARER_SCHEME] = BEARER_SCHEME_DOC
+    schemas = components.get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    """The API over `ctx`. Every request is audited; see the module docstring."""
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        description=(
+            "Key management inside an SGX enclave. Verify the server's RA-TLS evidence "
+            'before sending anything; errors are {"error": {"code", "message"}}.'
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        redirect_slashes=False,
+    )
+    app.state.enclave_kms = ctx
+    install_error_handlers(app)
+    # Routes are matched in order: the cryptographic operations, most of the traffic, first.
+    for module in (routes_crypto, routes_keys, routes_sys):
+        app.include_router(module.router(), responses=ERROR_RESPONSES)
+    app.add_middleware(AuditMiddleware, audit=ctx.audit, max_body_bytes=ctx.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

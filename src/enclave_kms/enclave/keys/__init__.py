@@ -1,0 +1,1 @@
+"""Key operations: key types, key records, and the KMS service over the sealed state."""

@@ -1,0 +1,1 @@
+"""Sealed state: AES-GCM records, their in-enclave memory, the store over OCALLs, tokens, audit."""
