@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	bash scripts/ensure-postgres.sh
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
