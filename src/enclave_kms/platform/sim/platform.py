@@ -275,27 +275,36 @@ class SimPlatform:
         cpu_svn: bytes = DEFAULT_CPU_SVN,
         pce_svn: int = DEFAULT_PCE_SVN,
         scenario: TcbScenario = TcbScenario.UP_TO_DATE,
+        root_from: SimPlatform | None = None,
     ) -> SimPlatform:
-        """Create a new platform in `path` (which must not exist or be empty)."""
+        """Create a new platform in `path` (which must not exist or be empty).
+
+        `root_from`: another simulated CPU of the same simulated vendor. The new one gets its
+        own fuse secret, PCK key and certificate, attestation key, PPID and QE id, but shares
+        the root, platform CA, TCB signing key, FMSPC and the quoting/provisioning enclaves'
+        identities, as real CPUs of one model share Intel's: a policy naming that root trusts
+        both, and the collateral of one serves the other."""
         path = Path(path)
         created = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        vendor = root_from.config if root_from is not None else None
         config = PlatformConfig(
             created=created,
-            fmspc=fmspc,
+            fmspc=vendor.fmspc if vendor is not None else fmspc,
             pce_id=DEFAULT_PCE_ID,
             cpu_svn=cpu_svn,
             pce_svn=pce_svn,
-            tcb_scenario=scenario,
+            tcb_scenario=vendor.tcb_scenario if vendor is not None else scenario,
             qe_id=os.urandom(16),
             ppid=os.urandom(16),
             platform_instance_id=os.urandom(16),
-            qe_mr_enclave=os.urandom(32),
-            qe_mr_signer=os.urandom(32),
-            pce_mr_enclave=os.urandom(32),
-            pce_mr_signer=os.urandom(32),
+            qe_mr_enclave=vendor.qe_mr_enclave if vendor is not None else os.urandom(32),
+            qe_mr_signer=vendor.qe_mr_signer if vendor is not None else os.urandom(32),
+            pce_mr_enclave=vendor.pce_mr_enclave if vendor is not None else os.urandom(32),
+            pce_mr_signer=vendor.pce_mr_signer if vendor is not None else os.urandom(32),
         )
         try:
-            pki = SimPki.generate(config.pck_extension(), created)
+            shared = root_from.pki if root_from is not None else None
+            pki = SimPki.generate(config.pck_extension(), created, shared=shared)
         except FormatError as exc:
             raise PlatformError(f"platform init: {exc.message}") from None
         attestation_key = ec.generate_private_key(ec.SECP256R1())
