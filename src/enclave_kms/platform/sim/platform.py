@@ -42,6 +42,13 @@ from enclave_kms.platform.sim.pcs import (
 )
 from enclave_kms.platform.sim.pki import SimPki
 from enclave_kms.platform.sim.qe import ProvisioningCertificationEnclave, QuotingEnclave
+from enclave_kms.platform.sim.tdx import (
+    TdIdentity,
+    TdQuotingEnclave,
+    TdxModule,
+    td_qe_identity,
+    tdx_collateral,
+)
 from enclave_kms.sgx.pck import SGX_TYPE_SCALABLE, PckConfiguration, PckExtension
 from enclave_kms.sgx.report import AttributeFlags, Attributes, Report, TargetInfo
 
@@ -260,6 +267,17 @@ class SimPlatform:
             pce_svn=config.pce_svn,
             qe_id=config.qe_id,
         )
+        self.tdx_module = TdxModule.for_vendor(config.qe_mr_enclave)
+        self.td_qe = TdQuotingEnclave(
+            self.cpu,
+            td_qe_identity(config.qe_identity),
+            attestation_key,
+            self.pce,
+            pki.pck_chain_pem(),
+            module=self.tdx_module,
+            pce_svn=config.pce_svn,
+            qe_id=config.qe_id,
+        )
 
     @staticmethod
     def file_names() -> tuple[str, ...]:
@@ -393,6 +411,18 @@ class SimPlatform:
     def collateral(self, now: datetime, *, validity: timedelta = DEFAULT_VALIDITY) -> Collateral:
         """TCB Info, QE Identity and CRLs issued at `now`, valid for `validity`."""
         return self.pcs(validity=validity).collateral(now)
+
+    def tdx_collateral(
+        self, now: datetime, *, validity: timedelta = DEFAULT_VALIDITY
+    ) -> Collateral:
+        """TDX TCB Info, TD_QE identity and CRLs issued at `now`: for TD quotes."""
+        return tdx_collateral(
+            self.pcs(validity=validity), self.td_qe.identity, self.tdx_module, now
+        )
+
+    def td_quote(self, td: TdIdentity, report_data: bytes) -> bytes:
+        """The DCAP quote v4 a TD running as `td` gets for `report_data` on this CPU."""
+        return self.td_qe.quote(*self.td_qe.td_report(td, report_data))
 
     # ------------------------------------------------------------------ enclave side
 
