@@ -71,6 +71,24 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._ctl("-m", mode, "-w", "stop")
 
+    def promote(self) -> None:
+        """A standby becomes the primary (what Patroni does on failover)."""
+        self._ctl("-w", "promote")
+
+    def kill(self) -> None:
+        """The machine dies: SIGKILL the postmaster and every backend, no shutdown at all."""
+        pid = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        (self.directory / "data" / "postmaster.pid").unlink(missing_ok=True)
+
     def sql(self, statement: str, db: str = DB_NAME) -> str:
         done = subprocess.run(
             [
@@ -132,4 +150,46 @@ def postgres_server() -> Iterator[PostgresServer]:
         deadline = time.monotonic() + 10
         while (directory / "data" / "postmaster.pid").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def postgres_standby(primary: PostgresServer, name: str = "standby1") -> Iterator[PostgresServer]:
+    """A synchronous streaming standby of `primary`: `primary` acknowledges a commit only once
+    this standby has flushed it (synchronous_standby_names), as in a Patroni pair."""
+    directory = Path(tempfile.mkdtemp(prefix="ekms-pg-standby-"))
+    if primary.user:
+        shutil.chown(directory, primary.user, "nogroup")
+    standby = PostgresServer(directory, _free_port(), primary.user)
+    conninfo = f"host=127.0.0.1 port={primary.port} user={DB_USER} application_name={name}"
+    _run_as(
+        primary.user,
+        [
+            _pg_bin("pg_basebackup"),
+            "-D",
+            str(directory / "data"),
+            "-d",
+            conninfo,
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",  # the default spread checkpoint takes minutes
+            "--no-sync",
+        ],
+    )
+    standby.start()
+    primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+    primary.sql("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 30
+    while primary.sql("SELECT sync_state FROM pg_stat_replication") != "sync":
+        if time.monotonic() > deadline:
+            pytest.fail("the standby did not become synchronous")
+        time.sleep(0.1)
+    try:
+        yield standby
+    finally:
+        try:
+            standby.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
         shutil.rmtree(directory, ignore_errors=True)

@@ -72,60 +72,111 @@ def redact(url: str) -> str:
 
 
 class PostgresStorage:
-    """A small connection pool (every protocol call takes one connection for one transaction)
-    plus one dedicated connection that holds the per-database server lock while it lives."""
+    """A small connection pool (every protocol call takes one connection for one transaction),
+    plus, for a server, ownership of the database:
+
+    - a session advisory lock held on a dedicated connection, so a second server refuses to
+      start while the first one's session lives;
+    - a fencing epoch: a server bumps `owner_epoch` when it takes the database, and every
+      write transaction checks it, so a server whose session was lost (a database failover)
+      and whose database was then taken by another server cannot write any more. On a lost
+      session the lock is taken again on the next write, or the write is refused."""
 
     def __init__(self, url: str, *, max_connections: int = 8, exclusive: bool = True) -> None:
         if not is_database_url(url):
             raise ConfigError(f"--storage {url!r}: expected postgresql://USER@HOST:PORT/DB")
         self.url = redact(url)
+        self._url = url
+        self._exclusive = exclusive
         self._closed = threading.Event()
         self._owner: psycopg.Connection[Any] | None = None
+        self._owner_lock = threading.Lock()
+        self._epoch: int | None = None
+        self._owner_suspect = False  # a database error was seen: check the session on write
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S, "autocommit": True},
+            configure=_configure,
+            timeout=_CONNECT_TIMEOUT_S,
+            open=False,
+            name="enclave-kms",
+        )
         try:
             if exclusive:
-                self._owner = self._connect(url)
-                self._take_server_lock(self._owner)
-            self._pool = ConnectionPool(
-                url,
-                min_size=1,
-                max_size=max_connections,
-                kwargs={"connect_timeout": _CONNECT_TIMEOUT_S, "autocommit": True},
-                configure=_configure,
-                timeout=_CONNECT_TIMEOUT_S,
-                open=False,
-                name="enclave-kms",
-            )
+                self._owner = self._take_server_lock()
             self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
             self._transaction(self._create_or_migrate)
-        except PoolTimeout:
+            if exclusive:
+                self._epoch = self._transaction(_bump_epoch)
+        except BaseException as exc:
+            self._pool.close()
             self._close_owner()
-            raise StorageError(f"cannot reach the database {self.url}") from None
-        except psycopg.Error as exc:
-            self._close_owner()
-            raise StorageError(f"cannot open storage {self.url}: {_one_line(exc)}") from None
-        except BaseException:
-            self._close_owner()
+            if isinstance(exc, PoolTimeout):
+                raise StorageError(f"cannot reach the database {self.url}") from None
+            if isinstance(exc, psycopg.Error):
+                raise StorageError(f"cannot open storage {self.url}: {_one_line(exc)}") from None
             raise
 
-    # ------------------------------------------------------------------ connections
+    # ------------------------------------------------------------------ ownership
 
-    def _connect(self, url: str) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True)
-        _configure(conn)
-        return conn
-
-    def _take_server_lock(self, conn: psycopg.Connection[Any]) -> None:
+    def _take_server_lock(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True)
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVER_LOCK,)).fetchone()
         if not row or not row[0]:
+            conn.close()
             raise ConfigError(
                 f"{self.url} is in use by another enclave-kms server (one server per database "
                 "until replicas exist; stop the other first)"
+            )
+        return conn
+
+    def _ensure_owner(self) -> None:
+        """Before a write: the server's session (and its lock) still lives, or is taken anew
+        (after a failover the new primary has no session of ours); refused if another server
+        holds it now."""
+        with self._owner_lock:
+            owner = self._owner
+            if owner is not None and not owner.closed and not self._owner_suspect:
+                return  # no error seen since the session was last known good: no round trip
+            try:
+                if owner is not None and not owner.closed:
+                    owner.execute("SELECT 1")
+                    self._owner_suspect = False
+                    return
+            except psycopg.Error:
+                pass  # the session is gone: take the lock again below
+            if owner is not None:
+                owner.close()
+            self._owner = None
+            try:
+                self._owner = self._take_server_lock()
+                self._owner_suspect = False
+            except psycopg.Error as exc:
+                raise StorageError(f"database {self.url} unreachable: {_one_line(exc)}") from None
+            except ConfigError:
+                raise StorageError(
+                    f"{self.url}: another enclave-kms server holds the database; this one "
+                    "stops writing"
+                ) from None
+
+    def _check_epoch(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(
+            "SELECT value FROM enclave_kms_meta WHERE name = 'owner_epoch' FOR SHARE"
+        ).fetchone()
+        if row is None or int(row[0]) != self._epoch:
+            raise StorageError(
+                f"{self.url}: another enclave-kms server took over the database; this one stops "
+                "writing (restart it once the other is stopped)"
             )
 
     def _close_owner(self) -> None:
         owner, self._owner = self._owner, None
         if owner is not None:
             owner.close()  # ending the session releases the advisory lock
+
+    # ------------------------------------------------------------------ connections
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -135,14 +186,28 @@ class PostgresStorage:
             with self._pool.connection() as conn:
                 yield conn
         except PoolTimeout:
+            self._owner_suspect = True
             raise StorageError(f"database {self.url} unreachable (no connection)") from None
         except psycopg.Error as exc:
+            self._owner_suspect = True
             raise StorageError(f"storage failure: {_one_line(exc)}") from None
 
     def _transaction(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run `body` in one transaction; it commits (durably) or raises, never half."""
         with self._conn() as conn, conn.transaction():
             return body(conn)
+
+    def _write(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """A write transaction of the server that owns the database (fenced by its epoch)."""
+        if self._exclusive:
+            self._ensure_owner()
+
+        def fenced(conn: psycopg.Connection[Any]) -> T:
+            if self._exclusive:
+                self._check_epoch(conn)
+            return body(conn)
+
+        return self._transaction(fenced)
 
     def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -193,7 +258,7 @@ class PostgresStorage:
                 )
             return cur.rowcount == 1
 
-        return self._transaction(write)
+        return self._write(write)
 
     def list_ids(self, kind: str, after: str, limit: int) -> list[str]:
         with self._conn() as conn:
@@ -204,7 +269,7 @@ class PostgresStorage:
         return [str(r[0]) for r in rows]
 
     def delete(self, kind: str, id: str, expected_version: int) -> bool:
-        return self._transaction(
+        return self._write(
             lambda conn: (
                 conn.execute(
                     "DELETE FROM records WHERE kind = %s AND id = %s AND version = %s",
@@ -223,7 +288,7 @@ class PostgresStorage:
                 )
 
         try:
-            self._transaction(append)
+            self._write(append)
         except StorageError as exc:
             raise StorageError(f"audit append failed: {exc.message}") from None
 
@@ -252,6 +317,15 @@ class PostgresStorage:
         self._closed.set()
         self._pool.close()
         self._close_owner()
+
+
+def _bump_epoch(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "INSERT INTO enclave_kms_meta(name, value) VALUES ('owner_epoch', 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = enclave_kms_meta.value + 1 RETURNING value"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
