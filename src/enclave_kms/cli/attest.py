@@ -15,12 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from enclave_kms.cli.config import (
-    PccsOpt,
-    PolicyOpt,
     Settings,
-    TrustRootOpt,
     command_app,
-    resolve,
+    connection,
     stderr_console,
     stdout_console,
 )
@@ -108,10 +105,8 @@ def print_identity(server: AttestedServer, settings: Settings, title: str) -> No
 @app.callback(invoke_without_command=True)
 def attest_cmd(
     *,
+    ctx: typer.Context,
     url: UrlArg = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
-    pccs: PccsOpt = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the tutorial's enclave-info JSON of the evidence."),
@@ -124,7 +119,7 @@ def attest_cmd(
     """Verify the server's enclave (evidence, policy, liveness) and show its identity."""
     import json
 
-    settings = resolve(url=url, policy=policy, trust_root=trust_root, pccs=pccs)
+    settings = connection(ctx, url=url)
     client = settings.client(with_token=False)
     try:
         server = connect_with_wait(client, wait)
