@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall only when the dependency declarations change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -33,11 +33,11 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,bench]'
 	$(BIN)/python -m bench
 
 bench-quick: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,bench]'
 	$(BIN)/python -m bench --quick
 
 demo: $(STAMP)

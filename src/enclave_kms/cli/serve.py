@@ -24,6 +24,26 @@ DEFAULT_DATA_DIR = Path(
 )
 
 
+SERVER_PACKAGES = ("fastapi", "uvicorn", "uvloop", "httptools")
+"""The `server` extra: the enclave's HTTP stack, not needed by the SDK, verifier or CLI."""
+
+
+def require_server_extra() -> None:
+    import importlib
+
+    missing = []
+    for name in SERVER_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(
+            f"serving needs the server extra ({', '.join(missing)} not installed): "
+            "pip install 'enclave-kms[server]'"
+        )
+
+
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -59,6 +79,7 @@ def serve(
     if platform not in ("sim", "gramine"):
         raise UsageError(f"--platform {platform!r}: expected 'sim' or 'gramine'")
     host, port = _listen(listen)
+    require_server_extra()
     console = Console(highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = ServeOptions(
