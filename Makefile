@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
+# make run PORT=9443 DATA=/srv/kms
+PORT   ?= 8443
+DATA   ?= data
 
 .PHONY: run test lint typecheck unit bench bench-quick demo clean
 
@@ -17,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/enclave-kms serve --platform sim --data-dir data
+	$(BIN)/enclave-kms serve --platform sim --data-dir $(DATA) --listen 127.0.0.1:$(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

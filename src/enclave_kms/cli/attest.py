@@ -55,6 +55,19 @@ _LABELS = (
 )
 
 
+def wait_for_trust_root(settings: Settings, wait: float) -> float:
+    """With --wait, also wait for the trust-root file to appear (a server started a moment
+    ago writes its simulated root on start-up). Returns the seconds of `wait` left."""
+    path = settings.trust_root
+    if wait <= 0 or path is None or path.exists():
+        return wait
+    deadline = time.monotonic() + wait
+    with stderr_console().status(f"waiting for {path} …"):
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return max(0.0, deadline - time.monotonic())  # none left: loading it says what is missing
+
+
 def connect_with_wait(client: KMSClient, wait: float) -> AttestedServer:
     """Attest, retrying only "cannot reach the server" until `wait` seconds have passed."""
     deadline = time.monotonic() + max(0.0, wait)
@@ -120,6 +133,7 @@ def attest_cmd(
     import json
 
     settings = connection(ctx, url=url)
+    wait = wait_for_trust_root(settings, wait)
     client = settings.client(with_token=False)
     try:
         server = connect_with_wait(client, wait)

@@ -15,7 +15,13 @@ from typing import Annotated
 
 import typer
 
-from enclave_kms.cli.attest import UrlArg, WaitOpt, connect_with_wait, print_identity
+from enclave_kms.cli.attest import (
+    UrlArg,
+    WaitOpt,
+    connect_with_wait,
+    print_identity,
+    wait_for_trust_root,
+)
 from enclave_kms.cli.config import (
     connection,
     stderr_console,
@@ -47,6 +53,7 @@ def from_server_cmd(
     if out.exists() and not force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
     settings = replace(connection(ctx, url=url), policy=None)  # the policy is the output
+    wait = wait_for_trust_root(settings, wait)
     root = settings.load_trust_root()
     # Verify everything cryptographically, but accept any enclave: that is what TOFU means.
     observe = Policy(

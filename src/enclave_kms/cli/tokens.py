@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from enclave_kms.cli.attest import UrlArg, WaitOpt, connect_with_wait
+from enclave_kms.cli.attest import UrlArg, WaitOpt, connect_with_wait, wait_for_trust_root
 from enclave_kms.cli.config import (
     command_app,
     connection,
@@ -53,6 +53,7 @@ def init_cmd(
     target = settings.token_file
     if target.exists() and not force:
         raise UsageError(f"token file {target} exists; pass --force to replace it")
+    wait = wait_for_trust_root(settings, wait)
     client = settings.client(with_token=False)
     try:
         connect_with_wait(client, wait)
