@@ -531,3 +531,23 @@ def test_wait_also_waits_for_the_trust_root_file(cli: Runner, world: World, tmp_
         writer.join()
     assert waited.code == exits.OK, waited.err
     assert "attested" in waited.out
+
+
+def test_errors_name_flags_and_one_rule_for_changing_a_key(cli: Runner, real_env: RealKMS) -> None:
+    assert cli("key", "create", "cli-rule").code == exits.OK
+    days = cli("key", "delete", "cli-rule", "--days", "0")
+    assert days.code == exits.USAGE
+    line = days.error_line()
+    assert line.startswith("error: --days: "), line
+    assert "waiting_period_days" not in line
+    # Disabled stops use, not management: rotate and config still work.
+    assert cli("key", "config", "cli-rule", "--disable").code == exits.OK
+    assert cli("key", "rotate", "cli-rule").code == exits.OK, "a disabled key rotates"
+    # Scheduled for deletion freezes the key, and the message says how to unfreeze it.
+    assert cli("key", "delete", "cli-rule").code == exits.OK
+    for change in (("rotate", "cli-rule"), ("config", "cli-rule", "--enable")):
+        frozen = cli("key", *change)
+        assert frozen.code == exits.SERVER
+        assert "enclave-kms key restore cli-rule" in frozen.error_line()
+    assert cli("key", "restore", "cli-rule").code == exits.OK
+    assert cli("key", "rotate", "cli-rule").code == exits.OK

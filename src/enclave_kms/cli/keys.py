@@ -7,6 +7,8 @@ a 0600 file, and only for keys created exportable).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,7 +20,7 @@ from enclave_kms.cli.config import (
     stdout_console,
     write_private,
 )
-from enclave_kms.errors import UsageError
+from enclave_kms.errors import KeyStateError, UsageError
 
 if TYPE_CHECKING:
     from enclave_kms.client.types import KeyInfo
@@ -76,6 +78,21 @@ def key_details(key: KeyInfo) -> None:
     console.print(f"operations: {', '.join(key.operations)}")
     if key.public_key_pem:
         console.print(key.public_key_pem.rstrip(), markup=False)
+
+
+@contextmanager
+def restore_hint(name: str) -> Iterator[None]:
+    """The one rule for changing a key (docs/cli.md, "Key states"): a disabled key can still
+    be rotated and configured; a key scheduled for deletion is frozen until it is restored."""
+    try:
+        yield
+    except KeyStateError as exc:
+        if "scheduled for deletion" not in exc.message:
+            raise
+        raise KeyStateError(
+            f"key {name!r} is scheduled for deletion: nothing changes it until "
+            f"`enclave-kms key restore {name}` cancels the deletion"
+        ) from None
 
 
 @app.command("create")
@@ -138,7 +155,11 @@ def rotate_cmd(
 ) -> None:
     """Add a version with fresh material; older versions still decrypt and verify."""
     settings = connection(ctx)
-    with settings.client() as kms, stderr_console().status(f"rotating {name}…"):
+    with (
+        restore_hint(name),
+        settings.client() as kms,
+        stderr_console().status(f"rotating {name}…"),
+    ):
         key = kms.rotate_key(name)
     keys_table((key,), "rotated")
 
@@ -160,7 +181,7 @@ def config_cmd(
     if min_decryption_version is None and enabled is None:
         raise UsageError("give --min-decryption-version and/or --enable/--disable")
     settings = connection(ctx)
-    with settings.client() as kms:
+    with restore_hint(name), settings.client() as kms:
         key = kms.configure_key(
             name, min_decryption_version=min_decryption_version, enabled=enabled
         )
@@ -237,7 +258,7 @@ def import_cmd(
 ) -> None:
     """Bring your own key: the material is wrapped here, to the enclave's key, before it leaves."""
     settings = connection(ctx)
-    with settings.client() as kms:
+    with restore_hint(name), settings.client() as kms:
         if new_version:
             existing = kms.get_key(name)
             key = kms.import_key_version(name, read_material(material, existing.type))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -118,6 +119,42 @@ def _register() -> None:
     _registered = True
 
 
+# The server names the request fields it refuses (`query.waiting_period_days: …`); a CLI user
+# typed flags. Field (any of body./query./path.) → what the user gave.
+FIELD_FLAGS = {
+    "waiting_period_days": "--days",
+    "min_decryption_version": "--min-decryption-version",
+    "enabled": "--enable/--disable",
+    "exportable": "--exportable",
+    "type": "--type",
+    "ttl_seconds": "--ttl",
+    "policies": "--ops/--keys",
+    "operations": "--ops",
+    "keys": "--keys",
+    "version": "--version",
+    "associated_data": "--aad",
+    "hash_algorithm": "--hash",
+    "signature_algorithm": "--algorithm",
+    "prehashed": "--prehashed",
+    "signature": "--signature",
+    "mac": "--verify",
+    "plaintext": "the input (--in)",
+    "ciphertext": "the input (--in)",
+    "input": "the input (--in)",
+    "bytes": "LENGTH",
+    "name": "NAME",
+}
+_FIELD = re.compile(r"^(?:body|query|path)\.([A-Za-z_]+)(?:\.[\w.]+)?: ")
+
+
+def in_cli_terms(message: str) -> str:
+    """A server message about a request field, reworded to name the flag instead."""
+    match = _FIELD.match(message)
+    if match is None or match.group(1) not in FIELD_FLAGS:
+        return message
+    return f"{FIELD_FLAGS[match.group(1)]}: {message[match.end() :]}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every EnclaveKMSError becomes one line on stderr and its exit code."""
     _register()
@@ -133,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     except EnclaveKMSError as exc:
         if _state["verbose"]:
             err.print_exception()
-        err.print(f"error: {exc.message}", markup=False)
+        err.print(f"error: {in_cli_terms(exc.message)}", markup=False)
         raise SystemExit(exits.exit_code_for(exc)) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: opaque, exit 5
         if _state["verbose"]:
