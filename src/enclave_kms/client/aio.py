@@ -116,26 +116,30 @@ class AsyncKMSClient(Operations):
         await self.connect()
         attempts = self._attempts(call)
         while True:
-            http, server = self._http, self._server
-            if http is None:  # closed meanwhile by another caller: reopen on the pin
-                await self.connect()
-                continue
+            http, server = await self._pool()
             try:
                 response = await http.request(**request)
             except httpx.TransportError as exc:
-                delay = attempts.after_error(exc)
-                if delay == REATTEST:
-                    async with self._lock:
-                        if self._server is server:  # not already done by another task
-                            await self._attest()
-                else:
-                    await asyncio.sleep(delay)
+                await self._recover(attempts.after_error(exc), server)
                 continue
-            status, content = response.status_code, response.content
-            retry = attempts.after_answer(status, content)
+            retry = attempts.after_answer(response.status_code, response.content)
             if retry is None:
-                return core.read_answer(call, status, content)
+                return core.read_answer(call, response.status_code, response.content)
             await asyncio.sleep(retry)
+
+    async def _pool(self) -> tuple[httpx.AsyncClient, AttestedServer | None]:
+        """The pinned pool, reopened on the pin if another caller closed it meanwhile."""
+        while self._http is None:
+            await self.connect()
+        return self._http, self._server
+
+    async def _recover(self, delay: float, server: AttestedServer | None) -> None:
+        if delay != REATTEST:
+            await asyncio.sleep(delay)
+            return
+        async with self._lock:
+            if self._server is server:  # not already done by another task
+                await self._attest()
 
     async def iter_keys(self, *, page_size: int = 100) -> AsyncIterator[KeyInfo]:
         after = ""

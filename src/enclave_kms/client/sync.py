@@ -106,27 +106,33 @@ class KMSClient(Operations):
         self.connect()
         attempts = self._attempts(call)
         while True:
-            with self._lock:
-                http, server = self._http, self._server
-            if http is None:  # closed meanwhile by another caller: reopen on the pin
-                self.connect()
-                continue
+            http, server = self._pool()
             try:
                 response = http.request(**request)
             except httpx.TransportError as exc:
-                delay = attempts.after_error(exc)
-                if delay == REATTEST:
-                    with self._lock:
-                        if self._server is server:  # not already done by another thread
-                            self._attest()
-                else:
-                    time.sleep(delay)
+                self._recover(attempts.after_error(exc), server)
                 continue
-            status, content = response.status_code, response.content
-            retry = attempts.after_answer(status, content)
+            retry = attempts.after_answer(response.status_code, response.content)
             if retry is None:
-                return core.read_answer(call, status, content)
+                return core.read_answer(call, response.status_code, response.content)
             time.sleep(retry)
+
+    def _pool(self) -> tuple[httpx.Client, AttestedServer | None]:
+        """The pinned pool, reopened on the pin if another caller closed it meanwhile."""
+        while True:
+            with self._lock:
+                http, server = self._http, self._server
+            if http is not None:
+                return http, server
+            self.connect()
+
+    def _recover(self, delay: float, server: AttestedServer | None) -> None:
+        if delay != REATTEST:
+            time.sleep(delay)
+            return
+        with self._lock:
+            if self._server is server:  # not already done by another thread
+                self._attest()
 
     def iter_keys(self, *, page_size: int = 100) -> Iterator[KeyInfo]:
         after = ""
