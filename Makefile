@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
+# make run PORT=9443 DATA=/srv/kms
+PORT   ?= 8443
+DATA   ?= data
 
 .PHONY: run test lint typecheck unit bench bench-quick demo clean
 
@@ -13,11 +16,11 @@ $(BIN)/python:
 
 # Reinstall only when the dependency declarations change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/enclave-kms serve --platform sim --data-dir data
+	$(BIN)/enclave-kms serve --platform sim --data-dir $(DATA) --listen 127.0.0.1:$(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -34,11 +37,11 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
 	$(BIN)/python -m bench
 
 bench-quick: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
 	$(BIN)/python -m bench --quick
 
 demo: $(STAMP)

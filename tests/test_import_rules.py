@@ -16,3 +16,52 @@ def test_import_contracts_hold() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broken" not in result.stdout.lower().replace("0 broken", "")
+
+
+# One probe per rule: a module that breaks it. Each must be reported, by module and import.
+PROBES = {
+    "sgx/_probe_runtime.py": "enclave_kms.enclave",
+    "sgx/_probe_attestation.py": "enclave_kms.attestation",
+    "client/_probe.py": "enclave_kms.host",
+    "host/_probe.py": "enclave_kms.enclave.runtime",
+    "channel/_probe.py": "enclave_kms.platform.sim",
+    "attestation/_probe_platform.py": "enclave_kms.platform",
+    "enclave/_probe.py": "enclave_kms.host.ocalls",
+    "platform/_probe.py": "enclave_kms.enclave",
+    "sgx/_probe_io.py": "socket",
+    "attestation/_probe_io.py": "subprocess",
+    "channel/_probe_io.py": "httpx",
+    "attestation/_probe_files.py": "pathlib",
+}
+
+
+def test_a_probe_import_breaking_each_rule_is_caught(tmp_path: Path) -> None:
+    import shutil
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(
+        repo / "src" / "enclave_kms",
+        tmp_path / "src" / "enclave_kms",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
+    for relative, target in PROBES.items():
+        (tmp_path / "src" / "enclave_kms" / relative).write_text(f"import {target}\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    for relative, target in PROBES.items():
+        module = "enclave_kms." + relative.removesuffix(".py").replace("/", ".")
+        assert f"{module} -> {target} (l.1)" in out, (module, out)
+    contracts = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for contract in contracts["contracts"]:
+        assert f"{contract['name']} BROKEN" in out, contract["name"]

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -507,3 +508,46 @@ def test_audit_verify_accepts_the_real_log_and_names_the_first_bad_record(
     assert r.code == exits.SERVER
     assert "missing" in r.error_line()
     assert run("audit", "verify", tmp_path / "nowhere").code == exits.USAGE
+
+
+def test_wait_also_waits_for_the_trust_root_file(cli: Runner, world: World, tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "later" / "sim-root.pem"
+    policy = world.policy_toml("wait")
+    with FakeServer(world, identity()) as fake:
+        missing = cli("attest", fake.url, "--trust-root", root, "--policy", policy)
+        assert missing.code == exits.USAGE
+        assert "trust root file not found" in missing.error_line()
+
+        def appear() -> None:
+            time.sleep(1.0)
+            root.parent.mkdir()
+            root.write_bytes(world.root_pem_path.read_bytes())
+
+        writer = threading.Thread(target=appear)
+        writer.start()
+        waited = cli("attest", fake.url, "--trust-root", root, "--policy", policy, "--wait", "30")
+        writer.join()
+    assert waited.code == exits.OK, waited.err
+    assert "attested" in waited.out
+
+
+def test_errors_name_flags_and_one_rule_for_changing_a_key(cli: Runner, real_env: RealKMS) -> None:
+    assert cli("key", "create", "cli-rule").code == exits.OK
+    days = cli("key", "delete", "cli-rule", "--days", "0")
+    assert days.code == exits.USAGE
+    line = days.error_line()
+    assert line.startswith("error: --days: "), line
+    assert "waiting_period_days" not in line
+    # Disabled stops use, not management: rotate and config still work.
+    assert cli("key", "config", "cli-rule", "--disable").code == exits.OK
+    assert cli("key", "rotate", "cli-rule").code == exits.OK, "a disabled key rotates"
+    # Scheduled for deletion freezes the key, and the message says how to unfreeze it.
+    assert cli("key", "delete", "cli-rule").code == exits.OK
+    for change in (("rotate", "cli-rule"), ("config", "cli-rule", "--enable")):
+        frozen = cli("key", *change)
+        assert frozen.code == exits.SERVER
+        assert "enclave-kms key restore cli-rule" in frozen.error_line()
+    assert cli("key", "restore", "cli-rule").code == exits.OK
+    assert cli("key", "rotate", "cli-rule").code == exits.OK

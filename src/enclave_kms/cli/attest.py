@@ -15,12 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from enclave_kms.cli.config import (
-    PccsOpt,
-    PolicyOpt,
     Settings,
-    TrustRootOpt,
     command_app,
-    resolve,
+    connection,
     stderr_console,
     stdout_console,
 )
@@ -56,6 +53,19 @@ _LABELS = (
     ("second_opinion", "dcap-qvl second opinion"),
     ("policy", "Policy"),
 )
+
+
+def wait_for_trust_root(settings: Settings, wait: float) -> float:
+    """With --wait, also wait for the trust-root file to appear (a server started a moment
+    ago writes its simulated root on start-up). Returns the seconds of `wait` left."""
+    path = settings.trust_root
+    if wait <= 0 or path is None or path.exists():
+        return wait
+    deadline = time.monotonic() + wait
+    with stderr_console().status(f"waiting for {path} …"):
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return max(0.0, deadline - time.monotonic())  # none left: loading it says what is missing
 
 
 def connect_with_wait(client: KMSClient, wait: float) -> AttestedServer:
@@ -108,10 +118,8 @@ def print_identity(server: AttestedServer, settings: Settings, title: str) -> No
 @app.callback(invoke_without_command=True)
 def attest_cmd(
     *,
+    ctx: typer.Context,
     url: UrlArg = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
-    pccs: PccsOpt = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the tutorial's enclave-info JSON of the evidence."),
@@ -124,7 +132,8 @@ def attest_cmd(
     """Verify the server's enclave (evidence, policy, liveness) and show its identity."""
     import json
 
-    settings = resolve(url=url, policy=policy, trust_root=trust_root, pccs=pccs)
+    settings = connection(ctx, url=url)
+    wait = wait_for_trust_root(settings, wait)
     client = settings.client(with_token=False)
     try:
         server = connect_with_wait(client, wait)

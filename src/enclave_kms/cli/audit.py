@@ -19,11 +19,7 @@ from typing import Annotated
 import typer
 
 from enclave_kms.cli.config import (
-    PolicyOpt,
-    TokenFileOpt,
-    TrustRootOpt,
-    UrlOpt,
-    resolve,
+    connection,
     stdout_console,
 )
 from enclave_kms.errors import AuditError, UsageError
@@ -65,10 +61,7 @@ def verify_cmd(
             "--against-server", help="Also compare with the attested enclave's chain head."
         ),
     ] = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Verify the audit chain: sequence, links, signatures; names the first bad record."""
     from enclave_kms.enclave.state.audit import verify_chain
@@ -76,7 +69,7 @@ def verify_cmd(
     head = None
     if against_server:
         # The head first: records appended afterwards only make the local log longer.
-        settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+        settings = connection(ctx)
         with settings.client() as kms:
             head = kms.audit_head()
         key_sha256 = key_sha256 or head.public_key_sha256
@@ -106,13 +99,10 @@ def verify_cmd(
 
 @app.command("head")
 def head_cmd(
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Show the head of the enclave's audit chain and its signing key's fingerprint."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         head = kms.audit_head()
     out = stdout_console()

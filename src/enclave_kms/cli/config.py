@@ -2,7 +2,8 @@
 
 Every setting is looked up in this order, first found wins:
 
-1. the command's flag (`--url`, `--token-file`, `--policy`, `--trust-root`, `--pccs`);
+1. the flag, given before the command (`enclave-kms --url URL key list`): `--url`,
+   `--token-file`, `--policy`, `--trust-root`, `--pccs` (and a command's URL argument);
 2. the environment: `ENCLAVE_KMS_URL`, `ENCLAVE_KMS_TOKEN` (the token itself),
    `ENCLAVE_KMS_TOKEN_FILE`, `ENCLAVE_KMS_POLICY`, `ENCLAVE_KMS_TRUST_ROOT`, `ENCLAVE_KMS_PCCS`;
 3. the config file: `$ENCLAVE_KMS_CONFIG`, else `$XDG_CONFIG_HOME/enclave-kms/config.toml`,
@@ -43,6 +44,7 @@ ENV_POLICY = "ENCLAVE_KMS_POLICY"
 ENV_TRUST_ROOT = "ENCLAVE_KMS_TRUST_ROOT"
 ENV_PCCS = "ENCLAVE_KMS_PCCS"
 ENV_CONFIG = "ENCLAVE_KMS_CONFIG"
+CONNECTION_FLAGS = ("--url", "--token-file", "--policy", "--trust-root", "--pccs")
 _FILE_KEYS = ("url", "token_file", "policy", "trust_root", "pccs", "timeout")
 
 UrlOpt = Annotated[
@@ -108,23 +110,13 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
 
 def write_config_file(values: Mapping[str, str], path: Path | None = None) -> Path:
     """Merge `values` into the config file (mode 0600, directory 0700)."""
+    import tomli_w
+
     path = path or config_path()
     doc = {**read_config_file(path), **values}
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lines = []
-    for key in _FILE_KEYS:
-        if key in doc:
-            value = doc[key]
-            shown = str(value) if key == "timeout" else _toml_string(str(value))
-            lines.append(f"{key} = {shown}")
-    write_private(path, ("\n".join(lines) + "\n").encode())
+    ordered = {key: doc[key] for key in _FILE_KEYS if key in doc}
+    write_private(path, tomli_w.dumps(ordered).encode("utf-8"))
     return path
-
-
-def _toml_string(value: str) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -284,22 +276,41 @@ def resolve(
     )
 
 
+@dataclass(frozen=True)
+class Connection:
+    """The connection flags as given once, before the command (`enclave-kms --url U key
+    list`); the root callback stores them in the typer context for every command."""
+
+    url: str | None = None
+    token_file: Path | None = None
+    policy: Path | None = None
+    trust_root: Path | None = None
+    pccs: str | None = None
+
+
+def connection(ctx: typer.Context, *, url: str | None = None) -> Settings:
+    """The settings a client command uses: the root's flags (a command's own URL argument
+    first), then environment, config file and defaults (see `resolve`)."""
+    flags = ctx.find_object(Connection) or Connection()
+    return resolve(
+        url=url if url is not None else flags.url,
+        token_file=flags.token_file,
+        policy=flags.policy,
+        trust_root=flags.trust_root,
+        pccs=flags.pccs,
+    )
+
+
 # --------------------------------------------------------------------------- commands
 
 
 @app.command("show")
-def show_cmd(
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
-    pccs: PccsOpt = None,
-) -> None:
+def show_cmd(ctx: typer.Context) -> None:
     """Show the settings a command would use, and where each comes from (never the token)."""
     from rich.console import Console
     from rich.table import Table
 
-    s = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root, pccs=pccs)
+    s = connection(ctx)
     table = Table(title=f"config file: {config_path()}", title_justify="left")
     table.add_column("setting", style="bold")
     table.add_column("value", overflow="fold")

@@ -17,12 +17,8 @@ from typing import Annotated
 import typer
 
 from enclave_kms.cli.config import (
-    PolicyOpt,
-    TokenFileOpt,
-    TrustRootOpt,
-    UrlOpt,
     command_app,
-    resolve,
+    connection,
     write_private,
 )
 from enclave_kms.errors import SignatureError, UsageError
@@ -122,14 +118,11 @@ def encrypt_cmd(
     target: OutOpt = "-",
     as_base64: B64Opt = False,
     aad: AadOpt = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Encrypt data with a key (AES-256-GCM inside the enclave); prints ekms:v<N>:…"""
     plaintext = read_data(source, as_base64)
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         ciphertext = kms.encrypt(key, plaintext, associated_data=_aad(aad))
     write_output(target, ciphertext.encode() + b"\n")
@@ -143,14 +136,11 @@ def decrypt_cmd(
     target: OutOpt = "-",
     as_base64: B64Opt = False,
     aad: AadOpt = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Decrypt an ekms:v<N>:… ciphertext; writes the plaintext."""
     ciphertext = read_text(source, "ciphertext")
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         plaintext = kms.decrypt(key, ciphertext, associated_data=_aad(aad))
     write_data(target, plaintext, as_base64, private=True)
@@ -163,14 +153,11 @@ def rewrap_cmd(
     source: InOpt = "-",
     target: OutOpt = "-",
     aad: AadOpt = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Re-encrypt a ciphertext under the key's latest version (plaintext stays inside)."""
     ciphertext = read_text(source, "ciphertext")
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         rewrapped = kms.rewrap(key, ciphertext, associated_data=_aad(aad))
     write_output(target, rewrapped.encode() + b"\n")
@@ -188,16 +175,13 @@ def datakey_cmd(
         bool, typer.Option("--no-plaintext", help="Only the encrypted data key.")
     ] = False,
     aad: AadOpt = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """A fresh 256-bit data key: prints its ciphertext; the key itself goes to --plaintext-out
     (or, without it, as JSON {"ciphertext", "plaintext": base64} on stdout)."""
     import json
 
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     include = not no_plaintext
     with settings.client() as kms:
         found = kms.generate_data_key(key, include_plaintext=include, associated_data=_aad(aad))
@@ -220,14 +204,11 @@ def sign_cmd(
     hash_algorithm: HashOpt = None,
     algorithm: AlgOpt = None,
     prehashed: PrehashedOpt = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Sign a message (or a digest with --prehashed); prints ekms:v<N>:…"""
     message = read_data(source, as_base64)
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         signature = kms.sign(
             key,
@@ -263,15 +244,12 @@ def verify_cmd(
     hash_algorithm: HashOpt = None,
     algorithm: AlgOpt = None,
     prehashed: PrehashedOpt = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Check a signature over a message; prints "valid", or exits 2 if it is not."""
     chosen = _signature_arg(signature, signature_file, "signature")
     message = read_data(source, as_base64)
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         valid = kms.verify(
             key,
@@ -296,14 +274,11 @@ def hmac_cmd(
     source: InOpt = "-",
     target: OutOpt = "-",
     as_base64: B64Opt = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """HMAC-SHA256 of the input (prints ekms:v<N>:…), or check one with --verify."""
     data = read_data(source, as_base64)
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         if check is None:
             write_output(target, kms.hmac(key, data).encode() + b"\n")
@@ -321,15 +296,12 @@ def random_cmd(
     target: OutOpt = "-",
     as_base64: B64Opt = False,
     as_hex: Annotated[bool, typer.Option("--hex", help="Hexadecimal text.")] = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Random bytes from the enclave's CSPRNG (raw, --base64 or --hex)."""
     if as_base64 and as_hex:
         raise UsageError("choose one of --base64 and --hex")
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         data = kms.random(length)
     if as_hex:

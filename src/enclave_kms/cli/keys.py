@@ -7,22 +7,20 @@ a 0600 file, and only for keys created exportable).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from enclave_kms.cli.config import (
-    PolicyOpt,
-    TokenFileOpt,
-    TrustRootOpt,
-    UrlOpt,
-    resolve,
+    connection,
     stderr_console,
     stdout_console,
     write_private,
 )
-from enclave_kms.errors import UsageError
+from enclave_kms.errors import KeyStateError, UsageError
 
 if TYPE_CHECKING:
     from enclave_kms.client.types import KeyInfo
@@ -82,6 +80,21 @@ def key_details(key: KeyInfo) -> None:
         console.print(key.public_key_pem.rstrip(), markup=False)
 
 
+@contextmanager
+def restore_hint(name: str) -> Iterator[None]:
+    """The one rule for changing a key (docs/cli.md, "Key states"): a disabled key can still
+    be rotated and configured; a key scheduled for deletion is frozen until it is restored."""
+    try:
+        yield
+    except KeyStateError as exc:
+        if "scheduled for deletion" not in exc.message:
+            raise
+        raise KeyStateError(
+            f"key {name!r} is scheduled for deletion: nothing changes it until "
+            f"`enclave-kms key restore {name}` cancels the deletion"
+        ) from None
+
+
 @app.command("create")
 def create_cmd(
     *,
@@ -91,13 +104,10 @@ def create_cmd(
         bool,
         typer.Option("--exportable", help="Allow export of the material (can never be undone)."),
     ] = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Create a key; its material is generated inside the enclave and never leaves it."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         if type.startswith("rsa-"):
             with stderr_console().status(
@@ -111,13 +121,10 @@ def create_cmd(
 
 @app.command("list")
 def list_cmd(
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """List the keys your token may read."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         keys = tuple(kms.iter_keys())
         unreadable = kms.list_keys(limit=1000).unreadable
@@ -132,13 +139,10 @@ def list_cmd(
 @app.command("show")
 def show_cmd(
     name: NameArg,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Show a key's metadata, versions and public key."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         key = kms.get_key(name)
     key_details(key)
@@ -147,14 +151,15 @@ def show_cmd(
 @app.command("rotate")
 def rotate_cmd(
     name: NameArg,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Add a version with fresh material; older versions still decrypt and verify."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
-    with settings.client() as kms, stderr_console().status(f"rotating {name}…"):
+    settings = connection(ctx)
+    with (
+        restore_hint(name),
+        settings.client() as kms,
+        stderr_console().status(f"rotating {name}…"),
+    ):
         key = kms.rotate_key(name)
     keys_table((key,), "rotated")
 
@@ -170,16 +175,13 @@ def config_cmd(
     enabled: Annotated[
         bool | None, typer.Option("--enable/--disable", help="Enable or disable the key.")
     ] = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Set the minimum decryption version, or enable/disable the key."""
     if min_decryption_version is None and enabled is None:
         raise UsageError("give --min-decryption-version and/or --enable/--disable")
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
-    with settings.client() as kms:
+    settings = connection(ctx)
+    with restore_hint(name), settings.client() as kms:
         key = kms.configure_key(
             name, min_decryption_version=min_decryption_version, enabled=enabled
         )
@@ -193,13 +195,10 @@ def delete_cmd(
     days: Annotated[
         int, typer.Option("--days", help="Waiting period before the key is purged.")
     ] = 7,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Schedule deletion: unusable at once, purged after the waiting period (restorable)."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         key = kms.delete_key(name, waiting_period_days=days)
     keys_table((key,), "deletion scheduled")
@@ -208,13 +207,10 @@ def delete_cmd(
 @app.command("restore")
 def restore_cmd(
     name: NameArg,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Cancel a scheduled deletion."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         key = kms.restore_key(name)
     keys_table((key,), "restored")
@@ -258,14 +254,11 @@ def import_cmd(
         bool, typer.Option("--new-version", help="Add a version to an existing key instead.")
     ] = False,
     exportable: Annotated[bool, typer.Option("--exportable")] = False,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Bring your own key: the material is wrapped here, to the enclave's key, before it leaves."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
-    with settings.client() as kms:
+    settings = connection(ctx)
+    with restore_hint(name), settings.client() as kms:
         if new_version:
             existing = kms.get_key(name)
             key = kms.import_key_version(name, read_material(material, existing.type))
@@ -282,15 +275,12 @@ def export_cmd(
     name: NameArg,
     out: Annotated[Path, typer.Option("--out", help="File for the material (written 0600).")],
     version: Annotated[int | None, typer.Option("--version", help="Default: latest.")] = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Write an exportable key's material (raw bytes or PKCS#8 DER) to a 0600 file."""
     if out.exists():
         raise UsageError(f"{out} exists; choose another --out")
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         exported = kms.export_key(name, version=version)
     write_private(out, exported.material)

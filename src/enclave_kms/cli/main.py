@@ -2,19 +2,73 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
-from typer._click import exceptions as click_exc  # typer vendors its own click
+from typer.core import TyperGroup
 
 from enclave_kms.cli import exits
+from enclave_kms.cli.config import (
+    CONNECTION_FLAGS,
+    Connection,
+    PccsOpt,
+    PolicyOpt,
+    TokenFileOpt,
+    TrustRootOpt,
+    UrlOpt,
+)
 from enclave_kms.errors import EnclaveKMSError
 
+
+class _RootGroup(TyperGroup):
+    """Lets the connection options, declared once on the root callback, also follow the
+    command (`enclave-kms key list --url U`, as every client command used to accept): they
+    are moved in front of the command before parsing, unless that command declares an option
+    of the same name itself (`quote verify --policy` checks evidence offline)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist(self, ctx, args))
+
+
+def hoist(group: Any, ctx: Any, args: list[str]) -> list[str]:
+    own = {opt: param for param in group.params for opt in param.opts}
+    movable = {opt for opt in own if opt in CONNECTION_FLAGS}
+    # Walk down to the command the arguments name, and keep the options it declares.
+    command, taken = group, set()
+    for token in args:
+        if token.startswith("-") or not hasattr(command, "get_command"):
+            continue
+        sub = command.get_command(ctx, token)
+        if sub is None:
+            break
+        command = sub
+        taken |= {opt for param in sub.params for opt in param.opts}
+    movable -= taken
+    front: list[str] = []
+    rest: list[str] = []
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            rest += [word, *words]
+            break
+        if rest and word.split("=", 1)[0] in movable:
+            value = [] if "=" in word else [next(words, None)]
+            if None in value:  # no value: let the parser say so
+                rest.append(word)
+            else:
+                front += [word, *(v for v in value if v is not None)]
+        else:
+            rest.append(word)
+    return front + rest
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     name="enclave-kms",
     help="A key management service whose keys are plaintext only inside an SGX enclave.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -22,14 +76,33 @@ app = typer.Typer(
 _state = {"verbose": False}
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
+    *,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors."),
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    policy: PolicyOpt = None,
+    trust_root: TrustRootOpt = None,
+    pccs: PccsOpt = None,
 ) -> None:
+    """The connection options are given once, before the command; every client command
+    reads them from the context (`config.connection`)."""
     _state["verbose"] = verbose
+    ctx.obj = Connection(url, token_file, policy, trust_root, pccs)
+    show_help_if_bare(ctx)
+
+
+def show_help_if_bare(ctx: typer.Context) -> None:
+    """A bare group prints its help and exits 0: asking what there is is not an error."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(exits.OK)
 
 
 _registered = False
+_CLICK_USAGE = 2  # click's exit code for a usage error; ours is exits.USAGE
 
 
 def _register() -> None:
@@ -40,8 +113,46 @@ def _register() -> None:
     from enclave_kms.cli import groups
 
     for name, sub, help_text in groups.all_groups():
+        if sub.registered_callback is None:  # a group of commands, not a command itself
+            sub.callback(invoke_without_command=True, no_args_is_help=False)(show_help_if_bare)
         app.add_typer(sub, name=name, help=help_text)
     _registered = True
+
+
+# The server names the request fields it refuses (`query.waiting_period_days: …`); a CLI user
+# typed flags. Field (any of body./query./path.) → what the user gave.
+FIELD_FLAGS = {
+    "waiting_period_days": "--days",
+    "min_decryption_version": "--min-decryption-version",
+    "enabled": "--enable/--disable",
+    "exportable": "--exportable",
+    "type": "--type",
+    "ttl_seconds": "--ttl",
+    "policies": "--ops/--keys",
+    "operations": "--ops",
+    "keys": "--keys",
+    "version": "--version",
+    "associated_data": "--aad",
+    "hash_algorithm": "--hash",
+    "signature_algorithm": "--algorithm",
+    "prehashed": "--prehashed",
+    "signature": "--signature",
+    "mac": "--verify",
+    "plaintext": "the input (--in)",
+    "ciphertext": "the input (--in)",
+    "input": "the input (--in)",
+    "bytes": "LENGTH",
+    "name": "NAME",
+}
+_FIELD = re.compile(r"^(?:body|query|path)\.([A-Za-z_]+)(?:\.[\w.]+)?: ")
+
+
+def in_cli_terms(message: str) -> str:
+    """A server message about a request field, reworded to name the flag instead."""
+    match = _FIELD.match(message)
+    if match is None or match.group(1) not in FIELD_FLAGS:
+        return message
+    return f"{FIELD_FLAGS[match.group(1)]}: {message[match.end() :]}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,22 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "--verbose" in args or "-v" in args
     try:
-        app(args=args, standalone_mode=False)
-    except click_exc.NoArgsIsHelpError as exc:
-        exc.show()  # help text for a bare group: not an error
-        raise SystemExit(exits.OK) from None
-    except click_exc.ClickException as exc:
-        exc.show()
-        raise SystemExit(exits.USAGE) from None
-    except typer.Abort:
-        err.print("aborted")
-        raise SystemExit(exits.USAGE) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
+        # Standalone: typer reports its own usage errors and help, then exits (2 = usage).
+        app(args=args, standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else exits.USAGE
+        raise SystemExit(exits.USAGE if code == _CLICK_USAGE else code) from None
     except EnclaveKMSError as exc:
         if _state["verbose"]:
             err.print_exception()
-        err.print(f"error: {exc.message}", markup=False)
+        err.print(f"error: {in_cli_terms(exc.message)}", markup=False)
         raise SystemExit(exits.exit_code_for(exc)) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: opaque, exit 5
         if _state["verbose"]:

@@ -152,10 +152,16 @@ def tcb(
     scenario: Annotated[str, typer.Argument(help=f"One of: {_SCENARIOS}.")],
     directory: DirOption = None,
 ) -> None:
-    """Set the TCB switch: collateral issued from now on reports this status."""
+    """Set the TCB switch: collateral issued from now on reports this status (a running
+    `enclave-kms serve` reads the platform at start: restart it for the change to apply)."""
     platform = SimPlatform.open(_dir(directory))
     platform.set_tcb_scenario(TcbScenario.parse(scenario))
     typer.echo(f"tcb_scenario {platform.config.tcb_scenario.value}")
+    typer.echo(
+        "takes effect when the platform is next loaded: restart a running `enclave-kms serve` "
+        "that uses this platform, until then it serves collateral of the old status",
+        err=True,
+    )
 
 
 @app.command()

@@ -15,11 +15,15 @@ from typing import Annotated
 
 import typer
 
-from enclave_kms.cli.attest import UrlArg, WaitOpt, connect_with_wait, print_identity
+from enclave_kms.cli.attest import (
+    UrlArg,
+    WaitOpt,
+    connect_with_wait,
+    print_identity,
+    wait_for_trust_root,
+)
 from enclave_kms.cli.config import (
-    PccsOpt,
-    TrustRootOpt,
-    resolve,
+    connection,
     stderr_console,
     stdout_console,
     write_private,
@@ -32,12 +36,11 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("from-server")
 def from_server_cmd(
     *,
+    ctx: typer.Context,
     url: UrlArg = None,
     out: Annotated[Path, typer.Option("--out", help="Where to write the policy TOML.")] = Path(
         "policy.toml"
     ),
-    trust_root: TrustRootOpt = None,
-    pccs: PccsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     wait: WaitOpt = 0.0,
 ) -> None:
@@ -49,7 +52,8 @@ def from_server_cmd(
 
     if out.exists() and not force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
-    settings = replace(resolve(url=url, trust_root=trust_root, pccs=pccs), policy=None)
+    settings = replace(connection(ctx, url=url), policy=None)  # the policy is the output
+    wait = wait_for_trust_root(settings, wait)
     root = settings.load_trust_root()
     # Verify everything cryptographically, but accept any enclave: that is what TOFU means.
     observe = Policy(

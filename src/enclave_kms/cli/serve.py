@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -22,6 +23,26 @@ app = typer.Typer()
 DEFAULT_DATA_DIR = Path(
     os.environ.get("ENCLAVE_KMS_DATA_DIR", Path.home() / ".local/share/enclave-kms/data")
 )
+
+
+SERVER_PACKAGES = ("fastapi", "uvicorn", "uvloop", "httptools")
+"""The `server` extra: the enclave's HTTP stack, not needed by the SDK, verifier or CLI."""
+
+
+def require_server_extra() -> None:
+    import importlib
+
+    missing = []
+    for name in SERVER_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(
+            f"serving needs the server extra ({', '.join(missing)} not installed): "
+            "pip install 'enclave-kms[server]'"
+        )
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -65,7 +86,9 @@ def serve(
     if platform not in ("sim", "gramine"):
         raise UsageError(f"--platform {platform!r}: expected 'sim' or 'gramine'")
     host, port = _listen(listen)
-    console = Console(highlight=False)
+    require_server_extra()
+    # soft_wrap: the next-step commands must stay one line each, whatever the width.
+    console = Console(highlight=False, soft_wrap=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = ServeOptions(
         data_dir=data_dir,
@@ -93,23 +116,50 @@ def serve(
     console.print(f"  enclave info (tutorial JSON): {running.info_path}")
     if isinstance(running, GramineRunning):
         console.print("  SGX hardware (Gramine); clients verify against Intel's root")
-        console.print(f"next: enclave-kms policy from-server {running.url} --out policy.toml")
-        _wait(running, console)
-        return
-    console.print(
-        f"  [yellow]SIMULATION[/yellow]: no SGX here; the simulated root is {running.root_path}"
-    )
-    root = running.root_path
-    console.print("next, in another shell (the policy names this simulated root explicitly):")
-    console.print(
-        f"  enclave-kms policy from-server {running.url} --trust-root {root} --out policy.toml",
-        markup=False,
-    )
-    console.print(
-        f"  enclave-kms init {running.url} --trust-root {root} --policy policy.toml",
-        markup=False,
-    )
+    else:
+        console.print(
+            f"  [yellow]SIMULATION[/yellow]: no SGX here; the simulated root is {running.root_path}"
+        )
+    root = None if isinstance(running, GramineRunning) else running.root_path
+    for line in next_steps(running.url, root, initialized=_initialized(running.url)):
+        console.print(line, markup=False)
     _wait(running, console)
+
+
+def next_steps(url: str, root: Path | None, *, initialized: bool | None) -> list[str]:
+    """What to run next, one copy-pasteable command per line (absolute, quoted paths)."""
+    trust = f" --trust-root {shlex.quote(str(root.resolve()))}" if root is not None else ""
+    if initialized:
+        return [
+            "next, in another shell: this store is already initialized; with the admin token "
+            "and settings `enclave-kms init` saved:",
+            "  enclave-kms attest",
+            "  enclave-kms key list",
+        ]
+    named = " (the policy names this simulated root explicitly)" if root is not None else ""
+    lines = [
+        f"next, in another shell{named}:",
+        f"  enclave-kms policy from-server {url}{trust} --out policy.toml",
+        f"  enclave-kms init {url}{trust} --policy policy.toml",
+    ]
+    if initialized is None:
+        lines[0] += " (init only if this store was never initialized)"
+    return lines
+
+
+def _initialized(url: str) -> bool | None:
+    """Whether the store already has its admin token, as the enclave's health answer says
+    (a hint for the next-step lines, not a trust decision: nothing is sent but the GET)."""
+    import httpx
+
+    from enclave_kms.client.tls import unverified_context
+
+    try:
+        answer = httpx.get(f"{url}/v1/health", verify=unverified_context(), timeout=5)
+        value = answer.json().get("initialized")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
 
 
 def _wait(running: Running | GramineRunning, console: Console) -> None:

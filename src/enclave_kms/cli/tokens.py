@@ -16,15 +16,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from enclave_kms.cli.attest import UrlArg, WaitOpt, connect_with_wait
+from enclave_kms.cli.attest import UrlArg, WaitOpt, connect_with_wait, wait_for_trust_root
 from enclave_kms.cli.config import (
-    PccsOpt,
-    PolicyOpt,
-    TokenFileOpt,
-    TrustRootOpt,
-    UrlOpt,
     command_app,
-    resolve,
+    connection,
     stderr_console,
     stdout_console,
     write_config_file,
@@ -42,11 +37,8 @@ init_app = command_app()
 @init_app.callback(invoke_without_command=True)
 def init_cmd(
     *,
+    ctx: typer.Context,
     url: UrlArg = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
-    pccs: PccsOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing token file.")
     ] = False,
@@ -57,12 +49,11 @@ def init_cmd(
     wait: WaitOpt = 0.0,
 ) -> None:
     """Issue the first admin token over attested TLS and store it in a 0600 file."""
-    settings = resolve(
-        url=url, token_file=token_file, policy=policy, trust_root=trust_root, pccs=pccs
-    )
+    settings = connection(ctx, url=url)
     target = settings.token_file
     if target.exists() and not force:
         raise UsageError(f"token file {target} exists; pass --force to replace it")
+    wait = wait_for_trust_root(settings, wait)
     client = settings.client(with_token=False)
     try:
         connect_with_wait(client, wait)
@@ -136,13 +127,10 @@ def create_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the token to this file (0600).")
     ] = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Issue a token limited to some keys and operations (no wider than your own)."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     if out is not None and out.exists():
         raise UsageError(f"{out} exists; choose another --out")
     with settings.client() as kms:
@@ -159,13 +147,10 @@ def create_cmd(
 
 @app.command("list")
 def list_cmd(
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """List tokens (metadata only, never a secret)."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     found: list[TokenInfo] = []
     with settings.client() as kms:
         after = ""
@@ -181,13 +166,10 @@ def list_cmd(
 @app.command("show")
 def show_cmd(
     token_id: Annotated[str, typer.Argument(help="Token id (16 hex digits).")],
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Show one token's metadata."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         info = kms.get_token(token_id)
     _tokens_table((info,), f"token {info.id}")
@@ -196,13 +178,10 @@ def show_cmd(
 @app.command("revoke")
 def revoke_cmd(
     token_id: Annotated[str, typer.Argument(help="Token id (16 hex digits).")],
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
+    ctx: typer.Context,
 ) -> None:
     """Revoke a token for good."""
-    settings = resolve(url=url, token_file=token_file, policy=policy, trust_root=trust_root)
+    settings = connection(ctx)
     with settings.client() as kms:
         info = kms.revoke_token(token_id)
     stdout_console().print(f"token {info.id} ({info.name}) revoked")

@@ -181,6 +181,28 @@ def ensure_image(
     return load_image(image_dir)
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse to start when something already listens on the address: otherwise the start-up
+    probe below would reach *that* server, and every client after it. The enclave binds with
+    SO_REUSEPORT (workers share the port), so this probe binds without it: another listener,
+    enclave-kms or not, makes it fail; a closing socket in TIME_WAIT (SO_REUSEADDR) does not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"--listen {host}:{port}: cannot resolve {host!r} ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UsageError(
+                f"cannot serve on {host}:{port}: {reason} (another server, perhaps another "
+                "enclave-kms serve, is listening there; stop it or pass --listen HOST:PORT)"
+            ) from None
+
+
 def _wait_listening(host: str, port: int, thread: threading.Thread, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -282,6 +304,7 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
         raise UsageError("--pccs-url URL: the PCCS (or Intel PCS) that serves collateral")
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
+    ensure_port_free(options.host, options.port)
     data_dir = _private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:
@@ -381,6 +404,7 @@ def start(options: ServeOptions) -> Running:
         )
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
+    ensure_port_free(options.host, options.port)
     data_dir = _private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:

@@ -17,7 +17,7 @@ enclave worker); a version-1 database is migrated on open (its records are chain
 
 
 class Storage(Protocol):
-    """The small protocol every backend implements (SQLite by default, PostgreSQL for replicas)."""
+    """The small protocol every storage backend implements (SQLite by default, PostgreSQL)."""
 
     def get(self, kind: str, id: str) -> tuple[int, bytes] | None:
         """(version, blob) of a record, or None if absent."""
