@@ -25,6 +25,7 @@ from typing import IO, Any
 from enclave_kms.edl_endpoint import CHANNEL_PREAMBLE, Endpoint
 from enclave_kms.enclave.host_calls import OcallLogHandler
 from enclave_kms.enclave.runtime import EnclaveRuntime
+from enclave_kms.platform.threads import EDL_ECALL_WORKERS
 
 _LINE_LIMIT = 4000  # the `log` OCALL's message bound is 4 KiB
 
@@ -83,7 +84,13 @@ def main() -> None:
         return holder[0].call(name, **args)
 
     runtime = EnclaveRuntime(call)
-    endpoint = Endpoint(frames_in, frames_out, serves="ecall", handlers=runtime.handlers())
+    endpoint = Endpoint(
+        frames_in,
+        frames_out,
+        serves="ecall",
+        handlers=runtime.handlers(),
+        workers=EDL_ECALL_WORKERS,
+    )
     holder.append(endpoint)
 
     root = logging.getLogger()
