@@ -44,6 +44,7 @@ MOUNTS_MARKER = "# @EKMS_MOUNTS@"
 CODE_RESERVE = 1 << 30
 MAX_DBG_THREADS = 4096  # pal/src/host/linux-sgx/gdb_integration/sgx_gdb.h
 ARCH_LIBDIR = "/lib/x86_64-linux-gnu"  # Debian/Ubuntu: gramine-manifest -Darch_libdir=…
+GRAMINE_PKGLIBDIR = "/usr/lib/x86_64-linux-gnu/gramine"  # Gramine's Debian/Ubuntu packages
 
 
 # --------------------------------------------------------------------------- rendering
@@ -149,6 +150,33 @@ def render_gramine_template(
     if left := sorted(set(re.findall(r"@EKMS_[A-Z_]+@", text))):
         raise ImageError(f"Gramine template: unknown placeholders {', '.join(left)}")
     return text
+
+
+def preview_gramine_jinja(
+    text: str,
+    *,
+    log_level: str = "error",
+    arch_libdir: str = ARCH_LIBDIR,
+    pkglibdir: str = GRAMINE_PKGLIBDIR,
+) -> str:
+    """Gramine's Jinja step for the few expressions the template uses (gen_jinja_env.py:
+    `gramine.libos` = PKGLIBDIR/libsysdb.so, `gramine.runtimedir()` = PKGLIBDIR/runtime/glibc,
+    and the -D defines), so the manifest can be checked before Gramine is installed. Any
+    other expression is an error: the template must stay within what the build defines."""
+    known = {
+        "gramine.libos": f"{pkglibdir}/libsysdb.so",
+        "gramine.runtimedir()": f"{pkglibdir}/runtime/glibc",
+        "arch_libdir": arch_libdir,
+        "log_level": log_level,
+    }
+
+    def value(m: re.Match[str]) -> str:
+        expr = m.group(1).strip()
+        if expr not in known:
+            raise ImageError(f"Gramine template: unknown Jinja expression {{{{ {expr} }}}}")
+        return known[expr]
+
+    return re.sub(r"\{\{(.*?)\}\}", value, text)
 
 
 # --------------------------------------------------------------------------- Gramine's rules
