@@ -8,8 +8,13 @@ What it reproduces, as read in Gramine's source (libos/src/bookkeep/libos_handle
 - no other host descriptor reaches the application;
 - Gramine's own log (PAL `log_*`, `PAL_LOG_DEFAULT_FD` = 2) goes to the host's stderr.
 
-It does not measure, isolate memory or attest: the command it runs is the simulated enclave's.
-Usage: python gramine_sgx_standin.py ARGV...   (SIGTERM is passed on to the application)
+It does not measure, isolate memory or attest. Two ways to run it:
+  python gramine_sgx_standin.py ARGV...        run ARGV (e.g. the simulated enclave's command)
+  python gramine_sgx_standin.py enclave-kms    as `gramine-sgx enclave-kms`: refuse unless
+      enclave-kms.manifest.sgx exists, then run the manifest's `loader.argv` with exactly its
+      `loader.env` (Gramine passes no host environment), minus LD_LIBRARY_PATH, which names
+      Gramine's own glibc under /lib inside the enclave
+SIGTERM and SIGINT are passed on to the application.
 """
 
 from __future__ import annotations
@@ -18,17 +23,43 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+
+def from_manifest(name: str) -> tuple[list[str], dict[str, str]] | None:
+    """(argv, env) of `name`.manifest, if this is a `gramine-sgx NAME` invocation."""
+    if "/" in name or not Path(f"{name}.manifest").is_file():
+        return None
+    if not Path(f"{name}.manifest.sgx").is_file():
+        sys.stderr.write(f"error: {name}.manifest.sgx not found (not signed)\n")
+        raise SystemExit(1)
+    manifest = tomllib.loads(Path(f"{name}.manifest").read_text())
+    loader = manifest["loader"]
+    env = {
+        key: value if isinstance(value, str) else value["value"]
+        for key, value in loader.get("env", {}).items()
+        if key != "LD_LIBRARY_PATH"
+    }
+    if loader["argv"][0] != manifest["libos"]["entrypoint"]:
+        sys.stderr.write("error: loader.argv[0] is not libos.entrypoint\n")
+    return list(loader["argv"]), env
 
 
 def main(argv: list[str]) -> int:
     if not argv:
-        sys.stderr.write("usage: gramine_sgx_standin.py ARGV...\n")
+        sys.stderr.write("usage: gramine_sgx_standin.py ARGV... | NAME\n")
         return 2
+    env: dict[str, str] | None = None
+    if len(argv) == 1 and (found := from_manifest(argv[0])) is not None:
+        argv, env = found
     sys.stderr.write(
         "Gramine is starting. Parsing TOML manifest file, this may take some time...\n"
     )
     sys.stderr.flush()
-    child = subprocess.Popen(argv, stdin=0, stdout=1, stderr=subprocess.STDOUT, close_fds=True)
+    child = subprocess.Popen(
+        argv, stdin=0, stdout=1, stderr=subprocess.STDOUT, close_fds=True, env=env
+    )
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
