@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 Handler = Callable[..., Mapping[str, Any] | None]
 FrameObserver = Callable[[str, bytes], None]
 
+#: The enclave writes this line once it owns its frame stream (its stdout is private to the
+#: channel from then on); anything before it is start-up output, never frames. Under Gramine
+#: the enclave's stderr is a duplicate of its stdout, so the host cannot tell the two apart by
+#: descriptor: it skips to this line instead (a sync point, not a security mechanism).
+CHANNEL_PREAMBLE = b"\x1bEKMS-EDL/1: frames follow\n"
+
 
 def _subclasses(cls: type[EnclaveKMSError]) -> list[type[EnclaveKMSError]]:
     out = [cls]

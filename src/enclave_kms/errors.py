@@ -195,6 +195,13 @@ class SealingError(PlatformError):
     code = "unseal_failed"
 
 
+class SealKeyChangedError(SealingError):
+    """Sealed under another CPUSVN or ISVSVN: Gramine derives seal keys for the current ones
+    only, so a microcode/TCB-recovery update or an enclave upgrade cannot unseal old blobs."""
+
+    code = "seal_key_changed"
+
+
 class ImageError(PlatformError):
     """An enclave image's manifest, signature or trusted files do not verify; launch refused."""
 

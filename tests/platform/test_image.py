@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import tomllib
 from pathlib import Path
 
 import cbor2
@@ -23,14 +22,11 @@ from enclave_kms.platform.image import (
     distribution_closure,
     environment_roots,
     read_manifest,
-    render_gramine_template,
-    to_gramine_trusted_files,
     write_manifest,
 )
 from enclave_kms.sgx.report import AttributeFlags
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "deploy" / "gramine" / "enclave-kms.manifest.template"
 
 
 def _dist(site: Path, name: str, files: dict[str, str], requires: list[str]) -> None:
@@ -320,29 +316,3 @@ def test_debug_config_signs_debug_attribute() -> None:
     assert not release.attributes.flags & AttributeFlags.DEBUG
     assert debug.attributes.flags & AttributeFlags.DEBUG
     assert release.attribute_mask.flags & AttributeFlags.DEBUG  # enforced, not ignored
-
-
-# --------------------------------------------------------------------------- Gramine
-
-
-def test_gramine_trusted_files(site: Path) -> None:
-    manifest = build(site)
-    entries = to_gramine_trusted_files(manifest, {"site": (site,)})
-    assert len(entries) == len(SYNTHETIC_FILES)
-    for entry in entries:
-        assert entry["uri"].startswith("file:/")
-        data = Path(entry["uri"].removeprefix("file:")).read_bytes()
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-
-
-def test_gramine_template_renders_to_valid_toml(site: Path) -> None:
-    config = EnclaveConfig(debug=False, product_id=5, security_version=4, num_tcs=16)
-    manifest = build(site, config)
-    text = render_gramine_template(TEMPLATE.read_text(), manifest, {"site": (site,)})
-    assert "@EKMS_" not in text
-    sgx = tomllib.loads(text)["sgx"]
-    assert (sgx["isvprodid"], sgx["isvsvn"], sgx["max_threads"]) == (5, 4, 16)
-    assert sgx["debug"] is False
-    assert sgx["remote_attestation"] == "dcap"
-    hashed = [f for f in sgx["trusted_files"] if isinstance(f, dict)]
-    assert hashed == to_gramine_trusted_files(manifest, {"site": (site,)})

@@ -10,8 +10,10 @@ keeps a collateral set until its earliest nextUpdate, read from an injected cloc
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +37,31 @@ TEES = ("sgx", "tdx")
 PCK_CAS = ("processor", "platform")
 INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 INTEL_ROOT_CA_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
+AZURE_THIM_URL = "https://global.acccache.azure.net"
+
+#: Where collateral comes from, chosen by name (`collateral_service`):
+#:   intel-pcs   Intel's PCS; the root CA CRL from Intel's certificate site (PCS has no path
+#:               for it: a PCCS-style /rootcacrl on PCS is a 404)
+#:   pccs        a Provisioning Certificate Caching Service (yours, or a cloud's), which serves
+#:               everything including /sgx/certification/v4/rootcacrl; URL required
+#:   azure-thim  Azure's Trusted Hardware Identity Management cache, PCS v4 paths; the root CA
+#:               CRL from Intel's certificate site (THIM documents no root CRL path)
+COLLATERAL_SERVICES = ("intel-pcs", "pccs", "azure-thim")
+_API_SUFFIX = re.compile(r"/(sgx|tdx)/certification/v[34]$", re.IGNORECASE)
+
+
+def normalize_service_url(url: str) -> str:
+    """The service's base URL: a URL pasted from sgx_default_qcnl.conf
+    (`…/sgx/certification/v4/`) loses its API path, which this client adds per request."""
+    text = url.strip() if isinstance(url, str) else ""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"collateral service URL {text[:80]!r}: expected https://host[:port]")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"collateral service URL {text[:80]!r}: no query or fragment")
+    path = _API_SUFFIX.sub("", parts.path.rstrip("/")).rstrip("/")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
 
 # Response headers carrying the URL-encoded PEM issuer chain (PCS API v4, then v3 spelling).
 TCB_INFO_CHAIN_HEADERS = ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain")
@@ -120,7 +147,12 @@ class PccsClient:
         max_response_bytes: int = 4 * 1024 * 1024,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalize_service_url(base_url)
+        if root_ca_crl_url is None and urllib.parse.urlsplit(self.base_url).hostname in (
+            urllib.parse.urlsplit(INTEL_PCS_URL).hostname,
+            urllib.parse.urlsplit(AZURE_THIM_URL).hostname,
+        ):
+            root_ca_crl_url = INTEL_ROOT_CA_CRL_URL  # neither serves PCCS's /rootcacrl
         self.root_ca_crl_url = root_ca_crl_url or f"{self.base_url}/sgx/certification/v4/rootcacrl"
         self._max = max_response_bytes
         self._clock = clock
@@ -258,3 +290,37 @@ class PccsClient:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+def collateral_service(
+    service: str,
+    url: str | None = None,
+    *,
+    ca_bundle: str | os.PathLike[str] | None = None,
+    timeout: float = 10.0,
+    cache: bool = True,
+    transport: httpx.BaseTransport | None = None,
+) -> PccsClient:
+    """A client for the named service (`COLLATERAL_SERVICES`). `url` overrides the service's
+    default (required for `pccs`); `ca_bundle` is a PEM file of CAs to trust for its TLS
+    certificate instead of the system's (a local PCCS with its own certificate). TLS
+    verification is never switched off: collateral is signed, but a MITM could still starve
+    the verifier of fresh CRLs."""
+    if service not in COLLATERAL_SERVICES:
+        raise ConfigError(
+            f"collateral service {str(service)[:20]!r}: expected one of "
+            f"{', '.join(COLLATERAL_SERVICES)}"
+        )
+    if service == "pccs" and not url:
+        raise ConfigError("collateral service pccs: its URL is required (https://host:8081)")
+    base = url or (INTEL_PCS_URL if service == "intel-pcs" else AZURE_THIM_URL)
+    root_crl = None if service == "pccs" else INTEL_ROOT_CA_CRL_URL
+    verify: bool | str = True if ca_bundle is None else os.fspath(ca_bundle)
+    return PccsClient(
+        base,
+        verify_tls=verify,
+        root_ca_crl_url=root_crl,
+        timeout=timeout,
+        cache=cache,
+        transport=transport,
+    )

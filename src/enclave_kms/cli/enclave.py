@@ -4,6 +4,9 @@ keygen --out signer.pem          RSA-3072, e=3, PKCS#8 PEM, mode 0600, never ove
 build [--config enclave.toml] --out DIR
 sign DIR --key signer.pem [--date YYYY-MM-DD]
 measure DIR [--json]             MRENCLAVE, MRSIGNER, ProductID, SVN, debug, date, files
+gramine --key signer.pem --out DIR [--config enclave.toml]
+                                 the Gramine manifest for SGX hardware, checked, then
+                                 gramine-manifest + gramine-sgx-sign (or the two commands)
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
+import shutil
 import stat
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +27,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enclave_kms.errors import UnsupportedFormatError, UsageError
+from enclave_kms.errors import ImageError, UnsupportedFormatError, UsageError
 from enclave_kms.platform.image import (
     MANIFEST_FILE,
     SIGSTRUCT_FILE,
@@ -193,3 +200,119 @@ def measure(
         else:
             shown = str(value)
         typer.echo(f"{name:<17}{shown}")
+
+
+#: The template in a source checkout (the documented install is `pip install -e .` of one).
+DEFAULT_TEMPLATE = (
+    Path(__file__).resolve().parents[3] / "deploy" / "gramine" / "enclave-kms.manifest.template"
+)
+MANIFEST_NAME = "enclave-kms"  # gramine-sgx enclave-kms → enclave-kms.manifest.sgx
+
+
+def check_filled_template(
+    text: str, config: EnclaveConfig, *, log_level: str, arch_libdir: str
+) -> list[str]:
+    """Gramine's rules (1.8 and 1.9) and ours on the filled template, after a preview of
+    Gramine's Jinja step (gramine-manifest then checks it again with Gramine's own schema)."""
+    from enclave_kms.platform.gramine_manifest import (
+        GRAMINE_VERSIONS,
+        apply_gramine_manifest_defaults,
+        check_enclave_kms_manifest,
+        check_gramine_manifest,
+        preview_gramine_jinja,
+    )
+
+    text = preview_gramine_jinja(text, log_level=log_level, arch_libdir=arch_libdir)
+    problems: list[str] = []
+    for version in GRAMINE_VERSIONS:
+        try:
+            document = tomllib.loads(text)
+            apply_gramine_manifest_defaults(document, version)
+        except tomllib.TOMLDecodeError as exc:
+            return [f"the filled template is not TOML: {exc}"]
+        except ImageError as exc:
+            problems.append(exc.message)
+            continue
+        problems += [f"Gramine {version}: {p}" for p in check_gramine_manifest(document, version)]
+    problems += check_enclave_kms_manifest(tomllib.loads(text), config)
+    return list(dict.fromkeys(problems))
+
+
+@app.command()
+def gramine(
+    *,
+    key: Annotated[Path, typer.Option("--key", help="Signing key (`enclave keygen`).")],
+    out: Annotated[Path, typer.Option("--out", help="Deployment directory to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="enclave.toml (default: defaults).")
+    ] = None,
+    template: Annotated[
+        Path, typer.Option("--template", help="Manifest template.")
+    ] = DEFAULT_TEMPLATE,
+    arch_libdir: Annotated[
+        str, typer.Option("--arch-libdir", help="The distribution's library directory.")
+    ] = "/lib/x86_64-linux-gnu",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="Gramine's loader.log_level.")
+    ] = "error",
+) -> None:
+    """Build the Gramine deployment for SGX hardware from this installation's enclave.
+
+    Measures the enclave (image/ with its simulated SIGSTRUCT, for the same MRSIGNER), fills
+    the template, checks it against Gramine 1.8/1.9's manifest rules and ours, then runs
+    gramine-manifest and gramine-sgx-sign when installed, else prints those two commands.
+    `serve --platform gramine --gramine-dir DIR` runs the result."""
+    from enclave_kms.platform.gramine_manifest import render_gramine_template
+
+    private_key = load_signing_key(key)
+    enclave_config = (
+        EnclaveConfig.from_toml(_read(config, "enclave config")) if config else EnclaveConfig()
+    )
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    text = _read(template, "manifest template").decode("utf-8", "replace")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_image(out / "image", enclave_config)
+    sigstruct = sign_image(out / "image", private_key, dt.datetime.now(dt.UTC).date())
+    filled = render_gramine_template(text, manifest, arch_libdir=arch_libdir)
+    problems = check_filled_template(
+        filled, enclave_config, log_level=log_level, arch_libdir=arch_libdir
+    )
+    if problems:
+        raise ImageError("the Gramine manifest would be refused: " + "; ".join(problems[:8]))
+    filled_path = out / f"{MANIFEST_NAME}.manifest.template"
+    filled_path.write_text(filled)
+    typer.echo(f"mrsigner {sigstruct.mr_signer.hex()} (the same on hardware)")
+    typer.echo(f"trusted_files {len(manifest.files)} measured; wrote {filled_path}")
+    commands = [
+        [
+            "gramine-manifest",
+            f"-Dlog_level={log_level}",
+            f"-Darch_libdir={arch_libdir}",
+            filled_path.name,
+            f"{MANIFEST_NAME}.manifest",
+        ],
+        [
+            "gramine-sgx-sign",
+            "--key",
+            str(key.resolve()),
+            "--manifest",
+            f"{MANIFEST_NAME}.manifest",
+            "--output",
+            f"{MANIFEST_NAME}.manifest.sgx",
+        ],
+    ]
+    if not all(shutil.which(argv[0]) for argv in commands):
+        typer.echo("Gramine is not installed here; on the SGX machine, in " + str(out) + ":")
+        for argv in commands:
+            typer.echo("  " + shlex.join(argv))
+        return
+    for argv in commands:
+        typer.echo("$ " + shlex.join(argv))
+        result = subprocess.run(argv, cwd=out, check=False)  # noqa: S603 - fixed argv
+        if result.returncode != 0:
+            raise ImageError(f"{argv[0]} failed with status {result.returncode}")
+    typer.echo(
+        f"wrote {out / (MANIFEST_NAME + '.manifest.sgx')}; run: enclave-kms serve "
+        f"--platform gramine --gramine-dir {out} --collateral-service intel-pcs"
+    )

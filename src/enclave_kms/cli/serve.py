@@ -66,7 +66,15 @@ def serve(
         None, help="Hardware: the directory with the signed enclave-kms.manifest.sgx."
     ),
     pccs_url: str | None = typer.Option(
-        None, help="Hardware: the PCCS (or Intel PCS) base URL for collateral."
+        None,
+        help="Hardware: the collateral service's URL (required for a PCCS; a URL from "
+        "sgx_default_qcnl.conf works as is).",
+    ),
+    collateral_service: str = typer.Option(
+        "pccs", help="Hardware: where collateral comes from: pccs, intel-pcs or azure-thim."
+    ),
+    collateral_ca_bundle: Path | None = typer.Option(
+        None, help="Hardware: PEM CAs for the collateral service's TLS certificate."
     ),
     storage: str | None = typer.Option(
         None,
@@ -99,6 +107,8 @@ def serve(
         platform_dir=platform_dir,
         gramine_dir=gramine_dir,
         pccs_url=pccs_url,
+        collateral_service=collateral_service,
+        collateral_ca_bundle=collateral_ca_bundle,
         workers=workers,
         storage=storage,
     )

@@ -10,6 +10,7 @@ the EDL, only storage, quotes, collateral, audit and log OCALLs do.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 import cbor2
 import uvicorn
 from cryptography.hazmat.primitives import serialization
@@ -43,6 +45,7 @@ from enclave_kms.errors import (
     UnsupportedFormatError,
 )
 from enclave_kms.platform.base import KeyPolicy, TeeBackend
+from enclave_kms.platform.threads import HTTP_BLOCKING_THREADS
 from enclave_kms.sgx.oe import CustomClaim, OeEvidence, build_oe_report, serialize_custom_claims
 from enclave_kms.sgx.quote import parse_quote
 
@@ -102,6 +105,13 @@ def _shared_port_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
+
+
+async def _serve_bounded(server: uvicorn.Server, sockets: list[socket.socket] | None) -> None:
+    """uvicorn's `Server.run`, with anyio's worker pool bounded first (Starlette's default
+    of 40 threads would exceed the enclave's thread slots: platform/threads.py)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = HTTP_BLOCKING_THREADS
+    await server.serve(sockets=sockets)
 
 
 def open_backend(config: RuntimeConfig) -> TeeBackend:
@@ -318,7 +328,9 @@ class EnclaveRuntime:
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
         try:
-            self._server.run(sockets=sockets)
+            server = self._server
+            with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
+                runner.run(_serve_bounded(server, sockets))
         finally:
             self.server_done.set()
         return {}

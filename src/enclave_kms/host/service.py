@@ -27,7 +27,7 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enclave_kms.attestation.sources import PccsClient
+from enclave_kms.attestation.sources import collateral_service
 from enclave_kms.edl_endpoint import FrameObserver
 from enclave_kms.errors import ConfigError, EnclaveKMSError, ImageError, PlatformError, UsageError
 from enclave_kms.host.launcher import EnclaveProcess
@@ -55,7 +55,9 @@ class ServeOptions:
     stderr_sink: Callable[[str], None] | None = None
     channel: dict[str, Any] = field(default_factory=dict)
     gramine_dir: Path | None = None  # hardware: where enclave-kms.manifest.sgx lives
-    pccs_url: str | None = None  # hardware: where collateral comes from
+    pccs_url: str | None = None  # hardware: the collateral service's URL (its default if None)
+    collateral_service: str = "pccs"  # hardware: intel-pcs, pccs or azure-thim (sources.py)
+    collateral_ca_bundle: Path | None = None  # hardware: CAs for the service's TLS certificate
     workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
     storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
 
@@ -300,25 +302,29 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
             "--gramine-dir DIR: the directory holding the signed enclave-kms.manifest.sgx "
             "(see deploy/gramine)"
         )
-    if not options.pccs_url:
-        raise UsageError("--pccs-url URL: the PCCS (or Intel PCS) that serves collateral")
+    if options.collateral_service == "pccs" and not options.pccs_url:
+        raise UsageError(
+            "--pccs-url URL: the PCCS that serves collateral (or --collateral-service "
+            "intel-pcs / azure-thim)"
+        )
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
     data_dir = _private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:
-        return _start_gramine(options, options.pccs_url, data_dir, lock)
+        return _start_gramine(options, data_dir, lock)
     except BaseException:
         lock.release()
         raise
 
 
-def _start_gramine(
-    options: ServeOptions, pccs_url: str, data_dir: Path, lock: DataDirLock
-) -> GramineRunning:
+def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> GramineRunning:
+    source = collateral_service(
+        options.collateral_service, options.pccs_url, ca_bundle=options.collateral_ca_bundle
+    )
     storage = _open_storage(options, data_dir)
-    quoting = PccsQuoting(PccsClient(pccs_url))
+    quoting = PccsQuoting(source)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
         ocalls = HostOcalls(storage, quoting, chain=worker, on_change=relay.on_change_for(worker))

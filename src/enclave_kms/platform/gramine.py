@@ -10,8 +10,13 @@ Gramine exposes the SGX instructions as files inside the enclave:
 Writes and the following read must not interleave with another thread's, hence one lock.
 
 Limitation of Gramine (not of SGX): the seal keys are derived for the enclave's *current*
-ISVSVN and CPUSVN only, so a key for an older ISVSVN cannot be requested. Upgrading an
-enclave under Gramine therefore needs a migration step; see docs/operations.md.
+CPUSVN, ISVSVN and CONFIGSVN with KEYID 0 (pal/src/host/linux-sgx/enclave_framework.c,
+`sgx_get_seal_key`), so neither a key for an older ISVSVN nor one for the CPUSVN before a
+microcode or TCB-recovery update can be requested. Each blob therefore records the CPUSVN and
+ISVSVN it was sealed under, and a blob from another one fails with SealKeyChangedError naming
+both (never a silent new state: the runtime refuses to replace the storage root key). Moving
+the storage root key across such a change needs the old enclave to hand it over (not built
+yet); see docs/sgx-hardware.md.
 """
 
 from __future__ import annotations
@@ -26,13 +31,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from enclave_kms.errors import KeyDerivationError, PlatformError, SealingError
+from enclave_kms.errors import (
+    KeyDerivationError,
+    PlatformError,
+    SealingError,
+    SealKeyChangedError,
+)
 from enclave_kms.platform.base import EnclaveIdentity, KeyPolicy
 from enclave_kms.sgx.report import Report, TargetInfo
 
 _MAGIC = b"EKGS"  # enclave-kms Gramine seal
-_HEADER = struct.Struct("<4sBB32s12s")  # magic, version, policy, key_id, nonce
-_VERSION = 1
+_HEADER_V1 = struct.Struct("<4sBB32s12s")  # magic, version, policy, key_id, nonce
+_HEADER = struct.Struct("<4sBB32s12s16sH")  # v2: … then the sealer's cpu_svn, isv_svn
+_VERSION = 2
 
 
 class GramineBackend:
@@ -41,6 +52,7 @@ class GramineBackend:
     def __init__(self, root: Path | str = "/dev/attestation") -> None:
         self._root = Path(root)
         self._lock = threading.Lock()
+        self._cpu_svn = bytes(16)  # set from our own report below
         try:
             kind = (self._root / "attestation_type").read_text().strip()
         except OSError:
@@ -64,6 +76,7 @@ class GramineBackend:
     def _own_identity(self) -> EnclaveIdentity:
         me = TargetInfo.parse(self._read("my_target_info"))
         body = self.get_report(me, bytes(64)).body
+        self._cpu_svn = body.cpu_svn  # what Gramine derives seal keys for
         return EnclaveIdentity(
             mr_enclave=body.mr_enclave,
             mr_signer=body.mr_signer,
@@ -113,21 +126,45 @@ class GramineBackend:
 
     def seal(self, data: bytes, policy: KeyPolicy, aad: bytes = b"") -> bytes:
         key_id, nonce = os.urandom(32), os.urandom(12)
-        header = _HEADER.pack(_MAGIC, _VERSION, int(policy), key_id, nonce)
+        header = _HEADER.pack(
+            _MAGIC, _VERSION, int(policy), key_id, nonce, self._cpu_svn, self._identity.isv_svn
+        )
         return header + self._aead(policy, key_id).encrypt(nonce, data, header + aad)
 
     def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
-        if len(blob) < _HEADER.size + 16:
-            raise SealingError("sealed blob is truncated")
-        magic, version, policy, key_id, nonce = _HEADER.unpack_from(blob)
-        if magic != _MAGIC or version != _VERSION or policy not in (1, 2):
-            raise SealingError("not a Gramine-sealed blob of a known version")
-        header = blob[: _HEADER.size]
+        version = blob[4] if len(blob) > 4 and blob[:4] == _MAGIC else None
+        layout = _HEADER_V1 if version == 1 else _HEADER
+        if version not in (1, _VERSION) or len(blob) < layout.size + 16:
+            raise SealingError("not a Gramine-sealed blob of a known version, or truncated")
+        fields = layout.unpack_from(blob)
+        policy, key_id, nonce = fields[2], fields[3], fields[4]
+        if policy not in (1, 2):
+            raise SealingError("Gramine-sealed blob names an unknown key policy")
+        header = blob[: layout.size]
         try:
             return self._aead(KeyPolicy(policy), key_id).decrypt(
-                nonce, blob[_HEADER.size :], header + aad
+                nonce, blob[layout.size :], header + aad
             )
         except InvalidTag:
+            if version == _VERSION:
+                self._explain(cpu_svn=fields[5], isv_svn=fields[6])
             raise SealingError(
                 "authentication failed (altered, other platform or enclave identity)"
             ) from None
+
+    def _explain(self, *, cpu_svn: bytes, isv_svn: int) -> None:
+        """Name a CPUSVN or ISVSVN change as the cause (the header is authenticated only by
+        the tag that just failed, so this names the likely cause, it proves nothing)."""
+        now_cpu, now_isv = self._cpu_svn, self._identity.isv_svn
+        if (cpu_svn, isv_svn) == (now_cpu, now_isv):
+            return
+        changes = []
+        if cpu_svn != now_cpu:
+            changes.append(f"CPUSVN {cpu_svn.hex()} → {now_cpu.hex()} (microcode/TCB update)")
+        if isv_svn != now_isv:
+            changes.append(f"ISVSVN {isv_svn} → {now_isv} (enclave upgrade)")
+        raise SealKeyChangedError(
+            "sealed under another seal key: " + ", ".join(changes) + "; Gramine derives seal "
+            "keys for the current CPUSVN and ISVSVN only, so this blob cannot be unsealed here "
+            "(docs/sgx-hardware.md: what survives an upgrade)"
+        )

@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-import json
 import os
 import re
 import sys
@@ -558,65 +557,3 @@ def sign_image(directory: Path, private_key: rsa.RSAPrivateKey, date: dt.date) -
     )
     (directory / SIGSTRUCT_FILE).write_bytes(sigstruct.to_bytes())
     return sigstruct
-
-
-def to_gramine_trusted_files(
-    manifest: Manifest, roots: Roots | None = None
-) -> list[dict[str, str]]:
-    """Gramine's `sgx.trusted_files` entries (`{uri = "file:…", sha256 = "…"}`) for the
-    manifest's files as located under `roots` (default: this interpreter's)."""
-    roots = environment_roots() if roots is None else roots
-    out = []
-    for entry in manifest.files:
-        path = locate(roots, entry)
-        if path is None:
-            raise ImageError(f"trusted file {entry.key} not found under the roots")
-        out.append({"uri": f"file:{path}", "sha256": entry.sha256.hex()})
-    return out
-
-
-def gramine_enclave_size(config: EnclaveConfig) -> str:
-    """`sgx.enclave_size`: a power of two holding heap, one stack per TCS and 1 GiB of code."""
-    need = config.heap_size + config.num_tcs * config.stack_size + (1 << 30)
-    size = 1 << (need - 1).bit_length()
-    return f"{size >> 30}G" if size >= 1 << 30 else f"{size >> 20}M"
-
-
-GRAMINE_TRUSTED_FILES_MARKER = "# @EKMS_TRUSTED_FILES@"
-GRAMINE_MOUNTS_MARKER = "# @EKMS_MOUNTS@"
-
-
-def render_gramine_template(template: str, manifest: Manifest, roots: Roots | None = None) -> str:
-    """Fill enclave-kms's `EKMS_*` placeholders of deploy/gramine/enclave-kms.manifest.template
-    from a measured image; Gramine's own Jinja variables are left for `gramine-manifest`."""
-    roots = environment_roots() if roots is None else roots
-    config = manifest.config
-    values = {
-        "@EKMS_DEBUG@": "true" if config.debug else "false",
-        "@EKMS_ISVPRODID@": str(config.product_id),
-        "@EKMS_ISVSVN@": str(config.security_version),
-        "@EKMS_MAX_THREADS@": str(config.num_tcs),
-        "@EKMS_ENCLAVE_SIZE@": gramine_enclave_size(config),
-        "@EKMS_ENTRYPOINT@": manifest.entrypoint,
-        "@EKMS_PYTHONPATH@": ":".join(str(d) for d in roots.get("site", ())),
-    }
-    directories = sorted({str(d) for dirs in roots.values() for d in dirs})
-    mounts = [
-        f"  {{ path = {json.dumps(d)}, uri = {json.dumps('file:' + d)} }}," for d in directories
-    ]
-    files = [
-        f"  {{ uri = {json.dumps(f['uri'])}, sha256 = {json.dumps(f['sha256'])} }},"
-        for f in to_gramine_trusted_files(manifest, roots)
-    ]
-    lines = []
-    for line in template.splitlines():
-        if line.strip() == GRAMINE_TRUSTED_FILES_MARKER:
-            lines += files
-        elif line.strip() == GRAMINE_MOUNTS_MARKER:
-            lines += mounts
-        else:
-            filled = line
-            for key, value in values.items():
-                filled = filled.replace(key, value)
-            lines.append(filled)
-    return "\n".join(lines) + "\n"
