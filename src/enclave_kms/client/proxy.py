@@ -276,11 +276,14 @@ class ProxyApp:
             chunks.append(chunk)
             more = message.get("more_body", False)
         raw_path = scope.get("raw_path") or scope["path"].encode()
-        query = scope.get("query_string", b"")
-        target = raw_path.decode("latin-1") + (("?" + query.decode("latin-1")) if query else "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        method = scope["method"]
+        if method == "LIST":  # Vault's LIST is GET ?list=true (the enclave's parser has no LIST)
+            method, query = "GET", "&".join(q for q in (query, "list=true") if q)
+        target = raw_path.decode("latin-1") + (("?" + query) if query else "")
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         try:
-            answer = await self.proxy.forward(scope["method"], target, headers, b"".join(chunks))
+            answer = await self.proxy.forward(method, target, headers, b"".join(chunks))
         except EnclaveKMSError as exc:
             answer = _error(502, f"enclave-kms proxy: {exc.message}")
         await self._send(send, answer)
