@@ -22,7 +22,7 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
@@ -226,6 +226,7 @@ class TransitRoute(AuditedRoute):
         inner = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
+            _body_is_json(request.scope)
             try:
                 return await inner(request)
             except EnclaveKMSError as exc:
@@ -246,6 +247,13 @@ class TransitRoute(AuditedRoute):
                 return _internal(request, exc)
 
         return handler
+
+
+def _body_is_json(scope: MutableMapping[str, Any]) -> None:
+    """Vault reads every body as JSON whatever its Content-Type (Vault's Go client sends
+    none), so the face does too. Runs before anything reads the request's headers."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
 def _internal(request: Request, exc: BaseException) -> JSONResponse:
