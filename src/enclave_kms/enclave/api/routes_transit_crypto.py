@@ -383,8 +383,7 @@ def hmac(request: Request, name: PathName, body: HmacIn, algorithm: str | None =
     def one(item: InputItemIn) -> dict[str, Any]:
         if item.context:
             raise InvalidRequestError("key derivation (context) is not supported by enclave-kms")
-        mac = kms.hmac(name, unb64(item.input, "input"))
-        return {"hmac": to_vault(mac), "key_version": version_of(mac)}
+        return {"hmac": to_vault(kms.hmac(name, unb64(item.input, "input")))}
 
     if body.batch_input is None:
         return envelope(request, one(body), warnings=ignored(body))

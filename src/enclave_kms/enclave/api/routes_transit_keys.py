@@ -92,7 +92,7 @@ def key_data(meta: KeyMetadata) -> dict[str, Any]:
                 "public_key": _public_value(meta.type, v.public_key_pem),
             }
     ops = set(meta.operations)
-    return {
+    data: dict[str, Any] = {
         "allow_plaintext_backup": False,
         "auto_rotate_period": 0,
         "deletion_allowed": True,  # DELETE always works here: it schedules the deletion
@@ -112,6 +112,10 @@ def key_data(meta: KeyMetadata) -> dict[str, Any]:
         "supports_signing": "sign" in ops,
         "type": CORE_TYPES.get(meta.type, meta.type),
     }
+    if meta.type == "hmac-sha256":  # as OpenBao: the size instead of the versions map
+        del data["keys"]
+        data["key_size"] = HMAC_KEY_BYTES
+    return data
 
 
 def _zero_period(value: str | int | None) -> None:
