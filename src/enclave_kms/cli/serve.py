@@ -52,6 +52,10 @@ def serve(
         help="Enclave worker processes sharing the store and the port (one core each; "
         "each keeps its own audit chain).",
     ),
+    transit_mount: str = typer.Option(
+        "transit",
+        help="Path of the Vault/OpenBao transit face: /v1/<mount>/ (docs/compatibility.md).",
+    ),
 ) -> None:
     """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
     from enclave_kms.host.service import GramineRunning, ServeOptions, start, start_gramine
@@ -71,6 +75,7 @@ def serve(
         gramine_dir=gramine_dir,
         pccs_url=pccs_url,
         workers=workers,
+        transit_mount=transit_mount,
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)

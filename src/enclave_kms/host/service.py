@@ -57,6 +57,7 @@ class ServeOptions:
     gramine_dir: Path | None = None  # hardware: where enclave-kms.manifest.sgx lives
     pccs_url: str | None = None  # hardware: where collateral comes from
     workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
+    transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
 
 
 class DataDirLock:
@@ -206,6 +207,7 @@ def launch_enclave(
     worker: int = 0,
     workers: int = 1,
     relay: ChangeRelay | None = None,
+    transit_mount: str = "transit",
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
@@ -230,6 +232,7 @@ def launch_enclave(
         "channel": channel or {},
         "worker": worker,
         "workers": workers,
+        "transit_mount": transit_mount,
     }
     try:
         reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=120)
@@ -312,6 +315,7 @@ def _start_gramine(
             "channel": options.channel,
             "worker": worker,
             "workers": options.workers,
+            "transit_mount": options.transit_mount,
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -407,6 +411,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             worker=worker,
             workers=options.workers,
             relay=relay,
+            transit_mount=options.transit_mount,
         )
 
     return _serve_workers(
