@@ -77,6 +77,7 @@ class Proxy:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    certificate: Path  # what --certificate-out wrote
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes] | None, log: Path) -> None:
@@ -109,6 +110,8 @@ def start_proxy(target: str, kms: RealKMS, base: Path) -> Proxy:
                 str(policy),
                 "--trust-root",
                 str(kms.root_path),
+                "--certificate-out",
+                str(base / "attested.pem"),
                 target,
             ],
             stdout=out,
@@ -121,7 +124,7 @@ def start_proxy(target: str, kms: RealKMS, base: Path) -> Proxy:
     except BaseException:
         stop(proc)
         raise
-    return Proxy(url, proc, log)
+    return Proxy(url, proc, log, base / "attested.pem")
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

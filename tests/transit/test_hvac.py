@@ -309,7 +309,9 @@ def test_hvac_through_the_proxy(transit: Transit, proxy: Proxy) -> None:
         proxy.url + "/v1/transit/keys/hv-proxied", headers={"X-Vault-Token": transit.token}
     )
     with transit.sdk() as kms:
-        assert response.headers["x-enclave-kms-pinned-key"] == kms.connect().spki_sha256.hex()
+        server = kms.connect()
+        assert response.headers["x-enclave-kms-pinned-key"] == server.spki_sha256.hex()
+    assert proxy.certificate.read_text() == server.certificate_pem  # --certificate-out
     with pytest.raises(hvac.exceptions.Forbidden):
         hvac.Client(url=proxy.url, token="nope").secrets.transit.encrypt_data(
             "hv-proxied", plaintext=MSG

@@ -143,6 +143,7 @@ class AttestingProxy:
         self._pinned: PinnedIdentity | None = None
         self._server: AttestedServer | None = None
         self._http: httpx.AsyncClient | None = None
+        self._retired: list[httpx.AsyncClient] = []
         self._refused: str | None = None
 
     @property
@@ -164,24 +165,22 @@ class AttestingProxy:
             return server
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        clients = [*self._retired, *([self._http] if self._http is not None else [])]
+        self._http, self._retired = None, []
+        for http in clients:
+            await http.aclose()
         await self._kms.close()
 
     async def _install(self, server: AttestedServer) -> None:
-        old, self._http = (
-            self._http,
-            httpx.AsyncClient(
-                base_url=server.url,
-                verify=pinned_context(server.certificate_pem),
-                timeout=self._timeout,
-                trust_env=False,
-            ),
+        if self._http is not None:
+            self._retired.append(self._http)  # requests in flight may still use it
+        self._http = httpx.AsyncClient(
+            base_url=server.url,
+            verify=pinned_context(server.certificate_pem),
+            timeout=self._timeout,
+            trust_env=False,
         )
         self._server = server
-        if old is not None:
-            await old.aclose()
 
     async def _reattest(self, why: str, seen: AttestedServer | None) -> None:
         """Attest again (unless another request already did); refuse for good on failure or
