@@ -211,3 +211,43 @@ def test_the_proxy_listens_on_loopback_only() -> None:
     for bad in ("0.0.0.0:8200", "10.0.0.5:8200", "kms.example:8200", "127.0.0.1", ":8200"):
         with pytest.raises(ConfigError):
             loopback_listen(bad)
+
+
+def test_a_restarted_server_with_the_same_identity_is_followed(
+    transit: Transit, tmp_path: Path
+) -> None:
+    """A restart re-issues the certificate (fresh evidence, same sealed TLS key): the proxy
+    attests again and keeps forwarding, without a person in the loop."""
+    options = ServeOptions(
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        platform_dir=transit.kms.data_dir / "platform",
+        image=transit.kms.data_dir / "image",
+    )
+    running = start(options)
+
+    async def scenario(first: Running) -> Running:
+        async with Relay(_addr(first)) as relay:
+            proxy = AttestingProxy(
+                f"https://127.0.0.1:{relay.port}",
+                policy=transit.kms.policy,
+                trust_root=transit.kms.trust_root,
+            )
+            try:
+                before = await proxy.start()
+                assert await _health(proxy) == 200
+                first.stop()
+                again = await asyncio.to_thread(start, options)
+                await relay.switch(_addr(again))
+                assert await _health(proxy) == 200
+                assert proxy.refused is None
+                assert proxy.server is not None
+                assert proxy.server.spki_sha256 == before.spki_sha256
+                return again
+            finally:
+                await proxy.close()
+
+    try:
+        running = asyncio.run(scenario(running))
+    finally:
+        running.stop()
