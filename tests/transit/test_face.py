@@ -109,3 +109,17 @@ def test_framework_failures_in_vault_shape(world: World) -> None:
 def test_not_in_the_native_openapi_document(world: World) -> None:
     paths = world.client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/v1/transit")]
+
+
+def test_a_ciphertext_opens_only_under_its_own_key(world: World) -> None:
+    for name in ("own", "other"):
+        assert vault(world, "POST", f"keys/{name}", {}).status_code == 200
+    ct = vault(world, "POST", "encrypt/own", {"plaintext": MSG}).json()["data"]["ciphertext"]
+    r = vault(world, "POST", "decrypt/other", {"ciphertext": ct})
+    assert r.status_code == 400
+    assert "does not authenticate" in r.json()["errors"][0]
+    r = vault(world, "POST", "decrypt/other", {"batch_input": [{"ciphertext": ct}]})
+    assert r.status_code == 400
+    assert "error" in r.json()["data"]["batch_results"][0]
+    r = vault(world, "POST", "decrypt/own", {"ciphertext": ct.replace("vault:v1:", "vault:v2:")})
+    assert r.status_code == 400  # a version the key does not have
