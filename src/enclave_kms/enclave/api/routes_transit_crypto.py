@@ -36,7 +36,6 @@ from enclave_kms.enclave.api.transit_models import (
     RandomIn,
     SignIn,
     VerifyIn,
-    VerifyItemIn,
     _SignOptions,
 )
 from enclave_kms.enclave.api.transit_support import (
@@ -477,4 +476,4 @@ def router(prefix: str) -> APIRouter:
     return r
 
 
-__all__ = ["VerifyItemIn", "router"]
+__all__ = ["router"]
