@@ -87,6 +87,10 @@ def serve(
         help="Enclave worker processes sharing the store and the port (one core each; "
         "each keeps its own audit chain).",
     ),
+    transit_mount: str = typer.Option(
+        "transit",
+        help="Path of the Vault/OpenBao transit face: /v1/<mount>/ (docs/compatibility.md).",
+    ),
 ) -> None:
     """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
     from enclave_kms.host.service import GramineRunning, ServeOptions, start, start_gramine
@@ -111,6 +115,7 @@ def serve(
         collateral_ca_bundle=collateral_ca_bundle,
         workers=workers,
         storage=storage,
+        transit_mount=transit_mount,
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)

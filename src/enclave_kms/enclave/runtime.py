@@ -67,6 +67,7 @@ class RuntimeConfig:
     channel: dict[str, Any] = field(default_factory=dict)
     worker: int = 0  # several workers serve one store and port: this one's number
     workers: int = 1
+    transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -85,6 +86,7 @@ class RuntimeConfig:
                 channel=dict(raw.get("channel") or {}),
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
+                transit_mount=str(raw.get("transit_mount", "transit")),
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
@@ -302,7 +304,8 @@ class EnclaveRuntime:
                     attestation=self,
                     identity=self.identity_claims(),
                     worker=self.config.worker,
-                )
+                ),
+                transit_mount=self.config.transit_mount,
             )
             # Several workers share the port: the kernel spreads connections over them.
             sockets = (

@@ -60,6 +60,7 @@ class ServeOptions:
     collateral_ca_bundle: Path | None = None  # hardware: CAs for the service's TLS certificate
     workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
     storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
+    transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
 
 
 class DataDirLock:
@@ -231,6 +232,7 @@ def launch_enclave(
     worker: int = 0,
     workers: int = 1,
     relay: ChangeRelay | None = None,
+    transit_mount: str = "transit",
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
@@ -255,6 +257,7 @@ def launch_enclave(
         "channel": channel or {},
         "worker": worker,
         "workers": workers,
+        "transit_mount": transit_mount,
     }
     try:
         reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=120)
@@ -342,6 +345,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
             "channel": options.channel,
             "worker": worker,
             "workers": options.workers,
+            "transit_mount": options.transit_mount,
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -444,6 +448,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             worker=worker,
             workers=options.workers,
             relay=relay,
+            transit_mount=options.transit_mount,
         )
 
     return _serve_workers(

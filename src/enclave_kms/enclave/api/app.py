@@ -55,6 +55,7 @@ from enclave_kms.enclave.api.support import (
     route_label,
     route_operation,
 )
+from enclave_kms.enclave.api.transit import DEFAULT_MOUNT, include_transit
 from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
 
 __all__ = ["AppContext", "AttestationBundle", "AttestationProvider", "create_app"]
@@ -211,8 +212,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(ctx: AppContext) -> FastAPI:
-    """The API over `ctx`. Every request is audited; see the module docstring."""
+def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAPI:
+    """The API over `ctx`, with the transit face at /v1/`transit_mount`. Every request is
+    audited; see the module docstring."""
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
@@ -230,6 +232,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     # Routes are matched in order: the cryptographic operations, most of the traffic, first.
     for module in (routes_crypto, routes_keys, routes_sys):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
+    include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
     app.add_middleware(AuditMiddleware, audit=ctx.audit, max_body_bytes=ctx.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -134,7 +134,15 @@ def bearer_token(request: Request) -> str:
 
 class AuditedRoute(APIRoute):
     """An APIRoute that records its operation and target and authenticates (and, for keys
-    named in the path, authorizes) before FastAPI reads the body."""
+    named in the path, authorizes) before FastAPI reads the body.
+
+    Subclasses (the transit face) choose where the token is read (`token`) and which
+    operations authorize in the route function (`body_authorized`)."""
+
+    body_authorized: frozenset[str] = BODY_KEYED
+
+    def token(self, request: Request) -> str:
+        return bearer_token(request)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         inner = super().get_route_handler()
@@ -149,9 +157,9 @@ class AuditedRoute(APIRoute):
             slot.set_target(path_key if path_key is not None else request.path_params.get("id"))
             if permission is not None:
                 tokens = app_context(request).tokens
-                principal = await run_inline(tokens.authenticate, bearer_token(request))
+                principal = await run_inline(tokens.authenticate, self.token(request))
                 slot.principal, slot.actor = principal, principal.token_id
-                if op not in BODY_KEYED:
+                if op not in self.body_authorized:
                     key = path_key if isinstance(path_key, str) else None
                     TokenService.authorize(principal, str(permission), key)
             if slot.declared_too_large:  # refused even by routes that never read a body
