@@ -585,7 +585,7 @@ def test_resumed_audit_log_adopts_only_its_own_tail(
         stored.extend,
         head=(2, _hash(records[1])),
         persist_head=lambda seq, prev: heads.append((seq, prev)),
-        tail_fn=lambda seq: given_tail if seq == 2 else pytest.fail(f"asked from {seq}"),
+        tail_fn=lambda seq: [records[1], *given_tail] if seq == 1 else pytest.fail(f"at {seq}"),
     )
     assert log.head[0] == 2 + adopted
     assert heads == ([(2 + adopted, _hash(records[1 + adopted]))] if adopted else [])

@@ -32,14 +32,16 @@ from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
+from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
-from enclave_kms.enclave.state.store import RecordStore
+from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore
 from enclave_kms.enclave.state.tokens import TokenService
 from enclave_kms.errors import (
     ConfigError,
     ConflictError,
     EnclaveKMSError,
     SealingError,
+    StateRollbackError,
     UnsupportedFormatError,
 )
 from enclave_kms.platform.base import KeyPolicy, TeeBackend
@@ -134,6 +136,7 @@ class EnclaveRuntime:
         self.kms: KMSService | None = None
         self.tokens: TokenService | None = None
         self.audit: AuditLog | None = None
+        self.state: StateTracker | None = None
         self.tls_key: ec.EllipticCurvePrivateKey | None = None
         self.identity: tls.TlsIdentity | None = None
         self.channel = ChannelEcalls(self)
@@ -191,18 +194,48 @@ class EnclaveRuntime:
                 return secret
         raise ConflictError(f"identity/{id} keeps changing under us; refusing to start")
 
-    def _record(self, store: RecordStore, id: str, make: Any) -> tuple[int, Any]:
-        found = store.get("config", id)
-        if found is not None:
-            return found.version, found.value
-        value = make()
-        try:
-            return store.put("config", id, 0, value), value
-        except ConflictError:
-            again = store.get("config", id)
-            if again is None:
-                raise
-            return again.version, again.value
+    def _open_state(
+        self, store: RecordStore, srk: bytes, cfg: RuntimeConfig
+    ) -> tuple[ec.EllipticCurvePrivateKey, StateTracker, tuple[int, bytes] | None]:
+        """Load the audit key and check the store against the signed state head (head.py);
+        fail closed, naming the cause, if the host rolled back, deleted or re-added anything."""
+        head_present = self.host.get(*HEAD_ID) is not None
+        marker = store.get(*INIT_MARKER)
+        found = store.get("config", "audit-key")
+        if found is None:
+            if head_present or marker is not None:
+                raise StateRollbackError(
+                    cause="audit-key-missing",
+                    message="the audit key of this initialized installation is missing",
+                )
+            store.put("config", "audit-key", 0, tls.key_to_der(tls.generate_tls_key()))
+            found = store.get("config", "audit-key")
+            if found is None:
+                raise StateRollbackError(
+                    cause="audit-key-missing", message="the host dropped the audit key"
+                )
+        audit_key = tls.key_from_der(found.value)
+        tracker = StateTracker(self.host, srk, audit_key, worker=cfg.worker, exact=cfg.workers == 1)
+        marker_value = None if marker is None else marker.value
+        legacy = isinstance(marker_value, dict) and not marker_value.get("state_head")
+
+        def allow_create(records: dict[tuple[str, str], int]) -> str | None:
+            if legacy:
+                return "upgrade of an installation initialized before state heads"
+            if marker is None and not any(kind != "config" for kind, _ in records):
+                return "a store with no installation yet"
+            return None
+
+        tracker.open(allow_create=allow_create)
+        store.track(tracker)
+        head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
+        legacy_head = None
+        old = store.get("config", head_id)
+        if old is not None and old.value is not None and tracker.audit_head(cfg.worker) is None:
+            legacy_head = (int(old.value[0]), bytes(old.value[1]))
+        if legacy and marker is not None and isinstance(marker_value, dict):
+            store.put(*INIT_MARKER, marker.version, {**marker_value, "state_head": 1})
+        return audit_key, tracker, legacy_head
 
     # ------------------------------------------------------------------ ECALLs
 
@@ -226,25 +259,19 @@ class EnclaveRuntime:
             )
             self.tls_key = tls.key_from_der(tls_der)
             store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
-            _, audit_der = self._record(
-                store, "audit-key", lambda: tls.key_to_der(tls.generate_tls_key())
-            )
-            # One audit chain per worker (the host keeps them apart; each has its own head).
-            head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
-            head_version, head = self._record(store, head_id, lambda: None)
-            head_state = {"version": head_version}
+            audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
+            self.state = tracker
+            worker = cfg.worker
 
             def persist_head(seq: int, prev: bytes) -> None:
-                head_state["version"] = store.put(
-                    "config", head_id, head_state["version"], [seq, prev]
-                )
+                tracker.audit_advanced(worker, seq, prev)
 
             self.audit = AuditLog(
-                tls.key_from_der(audit_der),
+                audit_key,
                 self.host.audit_append,
-                head=None if head is None else (int(head[0]), bytes(head[1])),
+                head=tracker.audit_head(worker) or legacy_head,
                 persist_head=persist_head,
-                tail_fn=self.host.audit_tail,  # crash recovery: see AuditLog
+                tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
             )
             self.store = store
             self.kms = KMSService(store)

@@ -46,6 +46,7 @@ from enclave_kms.errors import (
     NotFoundError,
     PermissionDeniedError,
     PlatformError,
+    StateRollbackError,
     StorageError,
     UnauthenticatedError,
 )
@@ -63,6 +64,7 @@ ERROR_TABLE: Final[tuple[tuple[type[EnclaveKMSError], int, str], ...]] = (
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
     (KeyStateError, 409, "key_state"),
+    (StateRollbackError, 502, "state_rollback"),
     (IntegrityError, 502, "integrity_violation"),
     (BoundaryError, 502, "boundary_violation"),
     (StorageError, 503, "storage_unavailable"),
