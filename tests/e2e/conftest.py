@@ -124,6 +124,7 @@ class Server:
     running: Running | None = None
     token: str = field(default="", repr=False)
     workers: int = 1
+    cert_lifetime_seconds: float | None = None
 
     def start(self) -> Running:
         assert self.running is None, "already running"
@@ -135,6 +136,7 @@ class Server:
                 observer=None if rec is None else rec.frame,
                 stderr_sink=None if rec is None else rec.stderr_line,
                 workers=self.workers,
+                cert_lifetime_seconds=self.cert_lifetime_seconds,
             )
         )
         return self.running

@@ -238,7 +238,7 @@ class AsyncKMSClient:
                 attempt += 1
                 await asyncio.sleep(core.backoff_delay(attempt, self._backoff))
                 continue
-            return core.read_answer(call, response.status_code, response.content)
+            return core.read_answer(call, response.status_code, response.content, response.headers)
 
     # ------------------------------------------------------------------ sys
 

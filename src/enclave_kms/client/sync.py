@@ -248,7 +248,7 @@ class KMSClient:
                 attempt += 1
                 time.sleep(core.backoff_delay(attempt, self._backoff))
                 continue
-            return core.read_answer(call, response.status_code, response.content)
+            return core.read_answer(call, response.status_code, response.content, response.headers)
 
     # ------------------------------------------------------------------ sys
 

@@ -14,9 +14,10 @@ import hashlib
 import logging
 import os
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cbor2
@@ -66,6 +67,7 @@ class RuntimeConfig:
     channel: dict[str, Any] = field(default_factory=dict)
     worker: int = 0  # several workers serve one store and port: this one's number
     workers: int = 1
+    cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -84,6 +86,9 @@ class RuntimeConfig:
                 channel=dict(raw.get("channel") or {}),
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
+                cert_lifetime=tls.bounded_lifetime(
+                    float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
+                ),
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
@@ -129,6 +134,7 @@ class EnclaveRuntime:
         self._backend = backend
         self._config: RuntimeConfig | None = None
         self._server: uvicorn.Server | None = None
+        self._tls_context: ssl.SSLContext | None = None
         self._state_lock = threading.Lock()
         self.stopped = threading.Event()
         self.server_done = threading.Event()
@@ -319,6 +325,7 @@ class EnclaveRuntime:
                     attestation=self,
                     identity=self.identity_claims(),
                     worker=self.config.worker,
+                    state_head=None if self.state is None else self.state.header,
                 )
             )
             # Several workers share the port: the kernel spreads connections over them.
@@ -327,12 +334,13 @@ class EnclaveRuntime:
                 if self.config.workers > 1
                 else None
             )
-            identity = self.identity
+            self._tls_context = tls.ssl_context(self.identity)
+            context = self._tls_context
             server_config = uvicorn.Config(
                 app,
                 host=self.config.listen_host,
                 port=port,
-                ssl_context_factory=lambda _cfg, _default: tls.ssl_context(identity),
+                ssl_context_factory=lambda _cfg, _default: context,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
@@ -344,11 +352,58 @@ class EnclaveRuntime:
             )
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
+        threading.Thread(target=self._renew_loop, name="tls-renewal", daemon=True).start()
         try:
             self._server.run(sockets=sockets)
         finally:
             self.server_done.set()
         return {}
+
+    def _renew_loop(self) -> None:
+        """Issue a fresh certificate (new evidence, same key) before the current one expires,
+        without a restart: new connections get it; pinned clients keep their pin (the key is
+        the same) and fresh evidence passes the same policy or they refuse it."""
+        while not self.stopped.is_set():
+            identity = self.identity
+            if identity is None or self._tls_context is None:
+                return
+            expires = identity.certificate.not_valid_after_utc
+            issued = identity.certificate.not_valid_before_utc + tls.NOT_BEFORE_SLACK
+            due = issued + (expires - issued) * tls.RENEW_AT
+            wait = max((due - datetime.now(UTC)).total_seconds(), 1.0)
+            if self.stopped.wait(wait):
+                return
+            try:
+                renewed = tls.issue_identity(
+                    identity.key,
+                    self.quote_for,
+                    datetime.now(UTC),
+                    dns_names=self.config.dns_names,
+                    lifetime=self.config.cert_lifetime,
+                )
+                tls.load_identity(self._tls_context, renewed)
+            except EnclaveKMSError as exc:
+                log.error("certificate renewal failed (%s); retrying in a minute", exc.message)
+                self.stopped.wait(60)
+                continue
+            self.identity = renewed
+            self._share_certificate(renewed)
+            log.info(
+                "server certificate renewed; valid until %s",
+                renewed.certificate.not_valid_after_utc,
+            )
+
+    def _share_certificate(self, identity: tls.TlsIdentity) -> None:
+        store = self.store
+        if store is None or self.config.worker != 0:
+            return
+        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        value = {"certificate": identity.certificate_pem, "quote": identity.quote}
+        try:
+            found = store.get("config", cert_id)
+            store.put("config", cert_id, 0 if found is None else found.version, value)
+        except EnclaveKMSError as exc:
+            log.warning("renewed certificate not shared with other workers: %s", exc.message)
 
     def _server_identity(self, key: ec.EllipticCurvePrivateKey) -> tls.TlsIdentity:
         """Worker 0 issues the RA-TLS certificate and keeps it in the sealed store; the other
@@ -365,7 +420,11 @@ class EnclaveRuntime:
                 return shared
             log.warning("the shared server certificate is not for this key; issuing one")
         identity = tls.issue_identity(
-            key, self.quote_for, datetime.now(UTC), dns_names=self.config.dns_names
+            key,
+            self.quote_for,
+            datetime.now(UTC),
+            dns_names=self.config.dns_names,
+            lifetime=self.config.cert_lifetime,
         )
         if self.config.worker == 0:
             value = {"certificate": identity.certificate_pem, "quote": identity.quote}

@@ -57,6 +57,7 @@ class ServeOptions:
     gramine_dir: Path | None = None  # hardware: where enclave-kms.manifest.sgx lives
     pccs_url: str | None = None  # hardware: where collateral comes from
     workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
+    cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
 
 
 class DataDirLock:
@@ -206,6 +207,7 @@ def launch_enclave(
     worker: int = 0,
     workers: int = 1,
     relay: ChangeRelay | None = None,
+    cert_lifetime_seconds: float | None = None,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
@@ -231,6 +233,8 @@ def launch_enclave(
         "worker": worker,
         "workers": workers,
     }
+    if cert_lifetime_seconds is not None:
+        config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
     try:
         reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=120)
     except BaseException:
@@ -407,6 +411,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             worker=worker,
             workers=options.workers,
             relay=relay,
+            cert_lifetime_seconds=options.cert_lifetime_seconds,
         )
 
     return _serve_workers(

@@ -222,6 +222,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EnclaveKMSError, _typed_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Last resort (Starlette's outermost middleware calls it): never a text/plain 500, even
+    # when the host is gone and nothing else can answer.
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("unexpected %s on %s", describe_exception(exc), request.url.path)
+    return error_response(request.scope, 500, "internal", INTERNAL_MESSAGE)
 
 
 def _request_id(request: Request) -> str:

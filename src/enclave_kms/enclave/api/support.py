@@ -66,6 +66,7 @@ class AppContext:
     identity: Mapping[str, object]  # mr_enclave, mr_signer (hex), isv_prod_id, isv_svn, ...
     max_body_bytes: int = 1 << 20
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
+    state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
 
 
 def app_context(request: Request) -> AppContext:

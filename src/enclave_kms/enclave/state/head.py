@@ -186,6 +186,8 @@ class StateTracker:
         self._inflight: dict[int, Pending] = {}
         self._ticket = 0
         self.on_head: Callable[[Head, bytes], None] | None = None
+        # Clients remember heads per installation, named by the audit key that signs them.
+        self.installation = hashlib.sha256(public_key_of(signing_key)).hexdigest()[:32]
 
     # ------------------------------------------------------------------ elements
 
@@ -307,6 +309,12 @@ class StateTracker:
     def signed(self) -> bytes:
         with self._lock:
             return self._signed
+
+    def header(self) -> str:
+        """What responses carry (the `ekms-state` header): the head clients must never see
+        go back (client/state_head.py)."""
+        head = self.head
+        return f"v1 {self.installation} {head.generation} {head.digest.hex()}"
 
     def audit_head(self, worker: int) -> tuple[int, bytes] | None:
         return self.head.audit.get(worker)

@@ -13,7 +13,9 @@ A token that manages tokens cannot mint one more powerful than itself: pass it a
 
 Authority is a tree (DESIGN §11). Every token records its issuer's lineage (`ancestors`, the
 init admin first), so a manager reads, lists and revokes only itself and the tokens it issued
-and their descendants, never a sibling or a wider one; a child never expires after its issuer
+and their descendants, never a sibling or a wider one (a root admin, which holds everything,
+governs every token; a root admin issuing another never-expiring full admin makes a peer root,
+so the first admin can be rotated out); a child never expires after its issuer
 (its expiry is clamped to the issuer's); a token stops authenticating as soon as any of its
 ancestors is revoked, expired or gone (revocation cascades); and the last full admin that
 never expires cannot be revoked, so an installation always keeps a way to manage itself.
@@ -170,10 +172,12 @@ class Principal:
     policies: tuple[TokenPolicy, ...]
     ancestors: tuple[str, ...] = ()
     expires_at: datetime | None = None
+    root: bool = False  # a root admin: every operation on every key, no expiry, no issuer
 
     def governs(self, info: TokenInfo) -> bool:
-        """Whether this caller may see and revoke `info`: itself or one of its descendants."""
-        return info.id == self.token_id or self.token_id in info.ancestors
+        """Whether this caller may see and revoke `info`: itself or one of its descendants
+        (a root admin governs every token)."""
+        return self.root or info.id == self.token_id or self.token_id in info.ancestors
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,11 @@ def _covers(granted: str, requested: str) -> bool:
         return fnmatchcase(requested, granted)
     prefix = granted[:-1]
     return granted.endswith("*") and not _WILDCARDS & set(prefix) and requested.startswith(prefix)
+
+
+def _is_full(policies: Sequence[TokenPolicy]) -> bool:
+    granted = {op for p in policies if "*" in p.keys for op in p.operations}
+    return granted >= OPERATIONS
 
 
 def _time(value: Any) -> datetime | None:
@@ -383,6 +392,8 @@ class TokenService:
             if len(issuer.ancestors) >= MAX_DEPTH:
                 raise InvalidRequestError(f"tokens nest at most {MAX_DEPTH} issuers deep")
             ancestors = (*issuer.ancestors, issuer.token_id)
+            if issuer.root and ttl is None and _is_full(checked):
+                ancestors = ()  # a root admin issues a peer root (so admins can be rotated)
             if issuer.expires_at is not None and (
                 expires_at is None or expires_at > issuer.expires_at
             ):
@@ -465,11 +476,8 @@ class TokenService:
 
     @staticmethod
     def _is_root_admin(info: TokenInfo) -> bool:
-        """Every operation on every key, no expiry: what `sys/init` issues."""
-        if info.expires_at is not None:
-            return False
-        granted = {op for p in info.policies if "*" in p.keys for op in p.operations}
-        return granted >= OPERATIONS
+        """Every operation on every key, no expiry, no issuer: what `sys/init` issues."""
+        return info.expires_at is None and not info.ancestors and _is_full(info.policies)
 
     def _other_root_admin(self, revoking: str) -> bool:
         """Whether a live never-expiring full admin remains once `revoking` (and hence its
@@ -524,7 +532,14 @@ class TokenService:
             raise UnauthenticatedError("token expired")
         if info.ancestors and not self._lineage_live(info):
             raise UnauthenticatedError("token revoked (an issuing token was revoked)")
-        return Principal(info.id, info.name, info.policies, info.ancestors, info.expires_at)
+        return Principal(
+            info.id,
+            info.name,
+            info.policies,
+            info.ancestors,
+            info.expires_at,
+            root=self._is_root_admin(info),
+        )
 
     @staticmethod
     def allowed(principal: Principal, operation: str, key_name: str | None = None) -> bool:
