@@ -142,6 +142,11 @@ def parse_signed_head(blob: bytes, public_key: ec.EllipticCurvePublicKey) -> Hea
         ) from None
 
 
+def _shift(delta: int, change: int) -> Callable[[Head], Head]:
+    """Add `delta` to the set sum and `change` to the record count."""
+    return lambda h: replace(h, set_sum=(h.set_sum + delta) % _MOD, count=h.count + change)
+
+
 def _constant(head: Head) -> Callable[[Head], Head]:
     return lambda _: head
 
@@ -263,9 +268,16 @@ class StateTracker:
             with self._lock:
                 self._head, self._head_version = head, version
                 self._known = dict(found)
-                # Settle: our own pending writes from before a crash are resolved by what is
-                # there now; the next head carries none of them.
-                self._write(lambda h: h)  # pending: only the other workers' survive
+                # Settle: this worker's writes in flight before a crash are resolved by what
+                # the store holds now (a record still at its old version takes its new one out
+                # of the sum); the next head carries none of them.
+                back, change = 0, 0
+                for p in head.pending:
+                    if p.worker == self._worker and found.get((p.kind, p.id), 0) == p.old:
+                        back += self._element(p.kind, p.id, p.old)
+                        back -= self._element(p.kind, p.id, p.new)
+                        change += (p.old != 0) - (p.new != 0)
+                self._write(_shift(back, change))
             return head
         raise ConflictError("the state head keeps changing under this worker's start; retry")
 
