@@ -259,6 +259,18 @@ class IntegrityError(KMSError):
     code = "integrity_violation"
 
 
+class StateRollbackError(IntegrityError):
+    """The host's store is behind (or beside) the enclave-signed state head: a record rolled
+    back, deleted or re-added, a truncated audit log, a missing audit key or head. `cause`
+    names which (docs/operations.md says what an operator does about each)."""
+
+    code = "state_rollback"
+
+    def __init__(self, message: str, *, cause: str = "state-rollback") -> None:
+        super().__init__(f"{message} (cause: {cause})")
+        self.cause = cause
+
+
 class StorageError(KMSError):
     """The host's storage failed; the operation was not acknowledged."""
 

@@ -188,6 +188,56 @@ def test_dropped_record_detected_at_the_next_one() -> None:
     assert_closed(pair.b)
 
 
+def test_dropped_final_records_detected_by_the_end_of_stream() -> None:
+    """Dropping the last record(s) leaves no later record to show the gap: the sender's
+    authenticated end of stream does. The host drops records, then the end of stream: the
+    receiver's `finish` refuses; it cannot forge an end of stream either."""
+    pair = secure_pair()
+    pair.b.process_encrypted_msg(pair.a.generate_encrypted_message(b"0"))
+    pair.a.generate_encrypted_message(b"1 (the last record, dropped by the host)")
+    close = pair.a.generate_close_message()
+    with pytest.raises(ChannelError, match="nothing more can be sent"):
+        pair.a.generate_encrypted_message(b"after the end")
+    with pytest.raises(ReplayError, match="records before it were dropped"):
+        pair.b.process_encrypted_msg(close)
+    assert_closed(pair.b)
+
+    pair = secure_pair()
+    pair.b.process_encrypted_msg(pair.a.generate_encrypted_message(b"0"))
+    pair.a.generate_encrypted_message(b"1 (dropped, and the end of stream with it)")
+    with pytest.raises(ReplayError, match="stream truncated"):
+        pair.b.finish()
+    assert_closed(pair.b)
+
+    pair = secure_pair()
+    for i in range(3):
+        assert pair.b.process_encrypted_msg(pair.a.generate_encrypted_message(bytes([i]))) == bytes(
+            [i]
+        )
+    closed_early = pair.b.peer_closed
+    assert not closed_early
+    close = pair.a.generate_close_message()
+    assert pair.b.process_encrypted_msg(close) == b""
+    assert pair.b.peer_closed
+    with pytest.raises(ReplayError, match="after the peer's end of stream"):
+        pair.b.process_encrypted_msg(close)
+    pair2 = secure_pair()
+    pair2.b.process_encrypted_msg(pair2.a.generate_close_message())
+    pair2.b.finish()  # the whole stream arrived
+    assert_closed(pair2.b)
+
+
+def test_end_of_stream_cannot_be_forged_or_reflected() -> None:
+    pair = secure_pair()
+    close = bytearray(pair.a.generate_close_message())
+    close[-1] ^= 1  # the tag
+    with pytest.raises(ChannelError, match="end of stream: authentication failed"):
+        pair.b.process_encrypted_msg(bytes(close))
+    pair = secure_pair()
+    with pytest.raises(ChannelError, match="wrong direction"):
+        pair.a.process_encrypted_msg(pair.a.generate_close_message())
+
+
 def test_tamper_any_byte_of_a_record_rejected() -> None:
     base = secure_pair()
     frame = base.a.generate_encrypted_message(b"transfer the master key share")

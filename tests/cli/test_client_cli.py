@@ -503,10 +503,21 @@ def test_audit_verify_accepts_the_real_log_and_names_the_first_bad_record(
     truncated = _copy_db(real_env, tmp_path, "truncated")
     with sqlite3.connect(truncated) as db:
         db.execute("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")
-    assert run("audit", "verify", truncated).code == exits.OK  # alone: undetectable
+    # Alone the truncated chain links and verifies; the signed state head beside it shows
+    # the missing tail (and the attested server does too).
+    r = run("audit", "verify", truncated)
+    assert r.code == exits.SERVER
+    assert "truncated" in r.error_line()
+    assert "audit-truncated" in r.error_line()
     r = run("audit", "verify", truncated, "--against-server")
     assert r.code == exits.SERVER
-    assert "missing" in r.error_line()
+    assert "truncated" in r.error_line()
+
+    # Read-only: verifying the live database writes nothing to it.
+    live = real_env.data_dir / "kms.sqlite"
+    before = live.stat().st_mtime_ns, live.stat().st_size
+    assert run("audit", "verify", real_env.data_dir).code == exits.OK
+    assert (live.stat().st_mtime_ns, live.stat().st_size) == before
     assert run("audit", "verify", tmp_path / "nowhere").code == exits.USAGE
 
 

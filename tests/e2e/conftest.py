@@ -125,6 +125,7 @@ class Server:
     token: str = field(default="", repr=False)
     workers: int = 1
     storage: str | None = None  # postgresql://... (default: the data directory's SQLite)
+    cert_lifetime_seconds: float | None = None
 
     def start(self) -> Running:
         assert self.running is None, "already running"
@@ -137,6 +138,7 @@ class Server:
                 stderr_sink=None if rec is None else rec.stderr_line,
                 workers=self.workers,
                 storage=self.storage,
+                cert_lifetime_seconds=self.cert_lifetime_seconds,
             )
         )
         return self.running

@@ -138,13 +138,13 @@ def test_enclave_killed_during_a_burst_loses_no_acknowledged_write(
             check_acknowledged(c, acks)
         assert check_audit(server.data_dir) > len(acks.versions)
 
-        # The state such a crash leaves, made on purpose: records appended, the sealed head
+        # The state such a crash leaves, made on purpose: records appended, the signed state head
         # not yet moved past them (the host serves the head's older version, or the enclave
         # died before writing it). The restarted enclave continues after the last record.
         db = server.data_dir / "kms.sqlite"
         with closing(sqlite3.connect(db, timeout=60, isolation_level=None)) as conn:
             stale = conn.execute(
-                "SELECT version, blob FROM records WHERE kind='config' AND id='audit-head'"
+                "SELECT version, blob FROM records WHERE kind='config' AND id='state-head'"
             ).fetchone()
         with server.client() as c:
             for _ in range(5):
@@ -153,7 +153,7 @@ def test_enclave_killed_during_a_burst_loses_no_acknowledged_write(
         before = check_audit(server.data_dir)
         with closing(sqlite3.connect(db, timeout=60, isolation_level=None)) as conn:
             conn.execute(
-                "UPDATE records SET version=?, blob=? WHERE kind='config' AND id='audit-head'",
+                "UPDATE records SET version=?, blob=? WHERE kind='config' AND id='state-head'",
                 stale,
             )
         server.start()

@@ -2,9 +2,11 @@
 
 A running enclave answers from its own memory of the records it holds (enclave/state/cache.py),
 so an edit under it changes nothing until the record is read from the host again: after a
-restart. Then altering, swapping, deleting a record or bumping its version makes that one key
-fail with a clear error (502 integrity_violation naming the record, or 404 for a deleted one);
-other keys keep working, no answer is ever wrong, the server keeps answering. An altered audit
+restart. Then altering or swapping a record's bytes makes that one key fail with a clear error
+(502 integrity_violation naming the record); other keys keep working, no answer is ever wrong,
+the server keeps answering. Deleting a record, changing its version or rolling it back puts
+the store behind the enclave-signed state head: the start fails closed, naming the cause
+(more of that in test_state_head.py). An altered audit
 record is found by `verify_chain` and `enclave-kms audit verify`, naming the record. Garbage
 answers to the storage OCALLs are refused with typed errors (in process, over a real EDL
 channel).
@@ -41,6 +43,7 @@ from enclave_kms.errors import (
     EnclaveKMSError,
     IntegrityError,
     SealingError,
+    StateRollbackError,
 )
 from tests.e2e.conftest import CLI, Server, b64, fails, ok, served, unb64
 
@@ -198,47 +201,59 @@ def test_swapped_records_fail_both(
         assert_still_serving(host, c, bystanders)
 
 
-def test_deleted_record_is_not_found(
+def refuses_to_start(host: Server, cause: str) -> None:
+    """The next start fails closed naming `cause` (DESIGN §13); nothing is silently re-made."""
+    host.stop()
+    with pytest.raises(StateRollbackError) as caught:
+        host.start()
+    assert host.running is None
+    assert f"cause: {cause}" in caught.value.message, caught.value.message
+
+
+def test_deleted_record_fails_closed(
     host: Server, c: httpx.Client, db: Db, bystanders: dict[str, tuple[str, bytes]]
 ) -> None:
     ct, plain = make_key(c, "deleted")
+    row = db.record("key", "deleted")
     db.delete("key", "deleted")
     assert unb64(ok(decrypt(c, "deleted", ct))["plaintext"]) == plain  # held in memory
+    refuses_to_start(host, "records-missing")
+    db.run("INSERT INTO records(kind, id, version, blob) VALUES ('key', 'deleted', ?, ?)", row)
     with restarted(host) as c:
-        fails(decrypt(c, "deleted", ct), 404, "not_found")
-        fails(c.get("/v1/keys/deleted"), 404, "not_found")
-        # A key re-created under the name is new material: the old ciphertext never opens.
-        make_key(c, "deleted")
-        fails(decrypt(c, "deleted", ct), 400, "crypto_failed")
+        assert unb64(ok(decrypt(c, "deleted", ct))["plaintext"]) == plain
         assert_still_serving(host, c, bystanders)
 
 
-def test_bumped_or_replayed_versions_fail(
+def test_bumped_or_replayed_versions_fail_closed(
     host: Server, c: httpx.Client, db: Db, bystanders: dict[str, tuple[str, bytes]]
 ) -> None:
-    ct, _ = make_key(c, "bumped")
+    make_key(c, "bumped")
     version, blob = db.record("key", "bumped")
     db.set("key", "bumped", version + 1, blob)
+    refuses_to_start(host, "records-rolled-back")
+    db.set("key", "bumped", version, blob)
 
-    # Version N's bytes presented as version N+1 (a replay after a rotation).
-    ct1, plain = make_key(c, "replayed")
-    old_version, old_blob = db.record("key", "replayed")
-    ok(c.post("/v1/keys/replayed/rotate"))
-    ct2 = ok(c.post("/v1/keys/replayed/encrypt", json={"plaintext": b64(plain)}))["ciphertext"]
-    new_version, _ = db.record("key", "replayed")
+    # Version N's bytes presented as version N+1 (a replay after a rotation): the version set
+    # still matches the head, so the server starts and that one record fails authentication.
+    host.start()
+    with host.client() as c:
+        ct1, plain = make_key(c, "replayed")
+        old_version, old_blob = db.record("key", "replayed")
+        ok(c.post("/v1/keys/replayed/rotate"))
+        ct2 = ok(c.post("/v1/keys/replayed/encrypt", json={"plaintext": b64(plain)}))["ciphertext"]
+    new_version, new_blob = db.record("key", "replayed")
     assert new_version == old_version + 1
     db.set("key", "replayed", new_version, old_blob)
     with restarted(host) as c:
-        assert_integrity_failure(c, "bumped", ct)
         assert_integrity_failure(c, "replayed", ct1)
-
-    # A whole-record rollback (old bytes at their own version) authenticates: single-record
-    # rollback needs a monotonic counter (docs/concepts.md). It still never answers wrongly:
-    # the lost version's ciphertext is refused, the older one still opens.
+    # A whole-record rollback (old bytes at their own version) authenticates on its own, but
+    # is behind the signed state head: the enclave does not start on it.
     db.set("key", "replayed", old_version, old_blob)
+    refuses_to_start(host, "records-rolled-back")
+    db.set("key", "replayed", new_version, new_blob)
     with restarted(host) as c:
-        fails(decrypt(c, "replayed", ct2), 400, "crypto_failed")
-        assert unb64(ok(decrypt(c, "replayed", ct1))["plaintext"]) == plain
+        for ct in (ct1, ct2):
+            assert unb64(ok(decrypt(c, "replayed", ct))["plaintext"]) == plain
         assert_still_serving(host, c, bystanders)
 
 
@@ -270,31 +285,26 @@ def test_deleting_the_init_marker_gives_the_host_nothing(
     host: Server, c: httpx.Client, db: Db, bystanders: dict[str, tuple[str, bytes]]
 ) -> None:
     """The host can always reach the port, so `POST /v1/sys/init` must never hand it an
-    admin token over existing keys, whatever it does to the store and the process."""
-    ct, _ = make_key(c, "init-target")
+    admin token, whatever it does to the store and the process: the running enclave
+    remembers it is initialized, and a restart without the marker (or without the marker and
+    the state head) fails closed instead of starting a new installation."""
+    ct, plain = make_key(c, "init-target")
     marker = db.record("config", "tokens-initialized")
+    head = db.record("config", "state-head")
     db.delete("config", "tokens-initialized")
     with host.client(anonymous=True) as anon:
         fails(anon.post("/v1/sys/init"), 409, "conflict")  # a running enclave remembers
-    host.restart()
-    with host.client(anonymous=True) as anon:
-        stolen = ok(anon.post("/v1/sys/init"), 201)["token"]
-    # That admin token is for a new, empty installation: nothing of the real one opens.
-    with host.client(stolen) as thief:
-        for name, (old_ct, _) in {**bystanders, "init-target": (ct, b"")}.items():
-            fails(decrypt(thief, name, old_ct), 502, "integrity_violation")
-            fails(thief.get(f"/v1/keys/{name}"), 502, "integrity_violation")
-        fails(thief.get("/v1/keys/init-target/export"), 502, "integrity_violation")
-        assert "init-target" in ok(thief.get("/v1/keys"))["unreadable"]
-    with host.client() as admin:  # the real admin is locked out, never answered wrongly
-        fails(decrypt(admin, "init-target", ct), 502, "integrity_violation")
-    # The host puts the real marker back; the next start is the real installation again.
-    host.stop()
-    db.delete("config", "tokens-initialized")
-    db.run(
-        "INSERT INTO records(kind, id, version, blob) VALUES (?, ?, ?, ?)",
-        ("config", "tokens-initialized", *marker),
-    )
+    refuses_to_start(host, "records-missing")
+    db.delete("config", "state-head")
+    refuses_to_start(host, "head-missing")
+    insert = "INSERT INTO records(kind, id, version, blob) VALUES (?, ?, ?, ?)"
+    db.run(insert, ("config", "tokens-initialized", *marker))
+    db.run(insert, ("config", "state-head", *head))
+    with restarted(host) as c:
+        with host.client(anonymous=True) as anon:
+            fails(anon.post("/v1/sys/init"), 409, "conflict")
+        assert unb64(ok(decrypt(c, "init-target", ct))["plaintext"]) == plain
+        assert_still_serving(host, c, bystanders)
 
 
 def test_tampering_while_stopped_then_restart(
@@ -585,7 +595,7 @@ def test_resumed_audit_log_adopts_only_its_own_tail(
         stored.extend,
         head=(2, _hash(records[1])),
         persist_head=lambda seq, prev: heads.append((seq, prev)),
-        tail_fn=lambda seq: given_tail if seq == 2 else pytest.fail(f"asked from {seq}"),
+        tail_fn=lambda seq: [records[1], *given_tail] if seq == 1 else pytest.fail(f"at {seq}"),
     )
     assert log.head[0] == 2 + adopted
     assert heads == ([(2 + adopted, _hash(records[1 + adopted]))] if adopted else [])

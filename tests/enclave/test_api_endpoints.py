@@ -520,7 +520,13 @@ def test_openapi_documents_operations_and_our_errors(world: World) -> None:
             "$ref": "#/components/schemas/ErrorOut"
         }
         assert ("security" in op) == ("x-permission" in op)
-    assert world.client.get("/docs").status_code == 200
+    docs = world.client.get("/docs")
+    assert docs.status_code == 200
+    # No third-party (or any) script: the page is rendered in the enclave, and says so.
+    assert "<script" not in docs.text.lower()
+    assert "script-src" not in docs.headers["content-security-policy"]
+    assert docs.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "/v1/keys/{name}/encrypt" in docs.text
 
 
 def test_routes_answer_alike_from_memory_and_from_storage(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.enclave.api_world import World, world_fixture
+from tests.enclave.api_world import World, make_world, world_fixture
 
 MAX_EXAMPLES = 6
 
@@ -162,3 +163,57 @@ def test_the_run_left_a_valid_audit_chain_naming_every_operation(st_world: World
     declared = {op["x-operation"] for item in schema["paths"].values() for op in item.values()}
     audited = {event["op"] for event in st_world.audit_events()}
     assert declared <= audited
+
+
+STATEFUL_EXAMPLES = 25
+STATEFUL_STEPS = 6
+
+
+def test_stateful_workflows_never_fail_the_server(
+    st_world: World, api_schema: Any, tmp_path: Path
+) -> None:
+    """Schemathesis chains operations along the links it infers from the OpenAPI document
+    (create a key, then encrypt, rotate, patch, delete, restore it; issue a token, then read
+    and revoke it ...), bounded to a few dozen short scenarios: no 5xx and every answer as
+    documented. Each scenario runs against fresh services and storage (scenarios must not
+    depend on what an earlier one left behind), with the admin token of that installation."""
+    statuses: Counter[int] = Counter()
+    app = st_world.client.app
+    original = app.state.enclave_kms  # type: ignore[attr-defined]
+    worlds: list[World] = []
+
+    class Workflow(api_schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            fresh = make_world(tmp_path / f"scenario-{len(worlds)}")
+            worlds.append(fresh)
+            for name, type in TYPES.items():
+                r = fresh.post("/v1/keys", {"name": name, "type": type, "exportable": True})
+                assert r.status_code == 201, r.text
+            app.state.enclave_kms = fresh.ctx  # type: ignore[attr-defined]
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            _aim(case)
+            case.headers = {**(case.headers or {}), **worlds[-1].auth}
+            return {}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            statuses[response.status_code] += 1
+            assert response.status_code < 500, (case.method, case.path, response.text)
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    try:
+        Workflow.run(
+            settings=settings(
+                max_examples=STATEFUL_EXAMPLES,
+                stateful_step_count=STATEFUL_STEPS,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+        )
+    finally:
+        app.state.enclave_kms = original  # type: ignore[attr-defined]
+        for world in worlds:
+            world.storage.close()
+    assert sum(n for status, n in statuses.items() if status < 300) > 0, statuses

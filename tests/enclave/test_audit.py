@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_kms.enclave.state.audit import AuditEvent, AuditLog, verify_chain
-from enclave_kms.errors import AuditError
+from enclave_kms.errors import AuditError, StateRollbackError
 
 
 class Sink:
@@ -209,9 +209,31 @@ def test_resumed_log_refuses_a_tail_it_did_not_sign() -> None:
     log.record(_event(1))
     head = heads[-1]
     forged = _chain(3)[head[0] :]  # records signed by another key, inserted by the host
-    resumed = AuditLog(key, sink, head=head, tail_fn=lambda seq: forged)
+    resumed = AuditLog(key, sink, head=head, tail_fn=lambda seq: [sink.records[seq], *forged])
     assert resumed.head == head  # nothing adopted
     sink.records.extend(forged)
     resumed.record(_event(2))
     with pytest.raises(AuditError, match=f"record {head[0]}"):
         verify_chain(sink.records)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_resumed_log_refuses_a_truncated_log(cut: int) -> None:
+    """The host deletes the last records the sealed head covers (or all of them after some
+    point): the resumed log refuses to start, naming the cause, instead of continuing the
+    chain from whatever is left (which `verify_chain` alone would accept)."""
+    sink = Sink()
+    key = ec.generate_private_key(ec.SECP256R1())
+    heads: list[tuple[int, bytes]] = []
+    log = AuditLog(key, sink, persist_head=lambda s, p: heads.append((s, p)))
+    for i in range(4):
+        log.record(_event(i))
+    head = heads[-1]
+    kept = sink.records[:-cut]
+    assert verify_chain(kept).records == len(kept)  # the truncated log verifies on its own
+    with pytest.raises(StateRollbackError, match="audit-truncated"):
+        AuditLog(key, kept.extend, head=head, tail_fn=lambda seq: kept[seq:])
+    # A rewritten last record (the host re-signs nothing: it cannot) is refused the same way.
+    swapped = [*sink.records[:-1], sink.records[-2]]
+    with pytest.raises(StateRollbackError, match="audit-truncated"):
+        AuditLog(key, swapped.extend, head=head, tail_fn=lambda seq: swapped[seq:])

@@ -623,10 +623,18 @@ def test_byok_refusals(world: World) -> None:
         kms.import_key("bad", "ec-p384", wrap(pem, ec_der, hybrid=False))
     with pytest.raises(InvalidRequestError, match="32 bytes"):
         kms.import_key("bad", "aes256-gcm", wrap(pem, os.urandom(16), hybrid=False))
+    # Material a caller chose never joins a key generated in the enclave (it could then
+    # decrypt what others encrypt under it afterwards), whatever the material.
+    with pytest.raises(KeyStateError, match="generated in the enclave"):
+        kms.import_key_version("k-ec-p256", wrap(pem, ec_der, hybrid=True))
+    kms.import_key("imported-ec", "ec-p256", wrap(pem, ec_der, hybrid=True))
     with pytest.raises(InvalidRequestError, match="not an EC key"):
         kms.import_key_version(
-            "k-ec-p256", wrap(pem, pkcs8(ed25519.Ed25519PrivateKey.generate()), hybrid=True)
+            "imported-ec", wrap(pem, pkcs8(ed25519.Ed25519PrivateKey.generate()), hybrid=True)
         )
+    kms.import_key_version(
+        "imported-ec", wrap(pem, pkcs8(ec.generate_private_key(ec.SECP256R1())), hybrid=True)
+    )
     good = wrap(pem, os.urandom(32), hybrid=True)
     for position in (5, 530):  # inside the RSA-OAEP part, inside the AES-KWP part
         altered = bytearray(good)

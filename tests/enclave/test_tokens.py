@@ -373,3 +373,102 @@ def test_principal_and_policy_values(env: Env) -> None:
     assert not TokenService.allowed(p, "sign", "c")
     with pytest.raises(EnclaveKMSError):
         TokenPolicy.of(42)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ authority is a tree
+
+MANAGE_ORDERS = [{"keys": ["orders*"], "operations": ["encrypt", "tokens.manage"]}]
+
+
+def _principal(env: Env, issued: IssuedToken) -> Principal:
+    return env.tokens.authenticate(issued.token)
+
+
+def test_managers_see_and_revoke_only_their_own_lineage(env: Env) -> None:
+    admin = env.tokens.init_admin()
+    root = _principal(env, admin)
+    manager = env.tokens.create_token("orders-manager", MANAGE_ORDERS, issuer=root)
+    sibling = env.tokens.create_token("sibling", MANAGE_ORDERS, issuer=root)
+    m = _principal(env, manager)
+    child = env.tokens.create_token("child", MANAGE_ORDERS, issuer=m)
+    grandchild = env.tokens.create_token("grandchild", MANAGE_ORDERS, issuer=_principal(env, child))
+    assert child.info.issuer == manager.info.id
+    assert grandchild.info.ancestors == (admin.info.id, manager.info.id, child.info.id)
+
+    seen = {t.id for t in env.tokens.list_tokens(caller=m, limit=1000).tokens}
+    assert seen == {manager.info.id, child.info.id, grandchild.info.id}
+    # Paging never names a token outside the lineage, even one page at a time.
+    after, paged = "", []
+    while True:
+        page = env.tokens.list_tokens(caller=m, after=after, limit=1)
+        paged += [t.id for t in page.tokens]
+        if page.next_after is None:
+            break
+        assert page.next_after in seen
+        after = page.next_after
+    assert set(paged) == seen
+    for outside in (admin.info.id, sibling.info.id):
+        with pytest.raises(NotFoundError):
+            env.tokens.read_token(outside, m)
+        with pytest.raises(NotFoundError):
+            env.tokens.revoke_token(outside, m)  # a manager's child revoked the admin: no more
+        with pytest.raises(NotFoundError):
+            env.tokens.revoke_token(outside, _principal(env, child))
+    assert env.tokens.read_token(grandchild.info.id, m).name == "grandchild"
+    # The admin sees everything it issued, transitively.
+    everything = {t.id for t in env.tokens.list_tokens(caller=root, limit=1000).tokens}
+    assert everything >= seen | {sibling.info.id, admin.info.id}
+
+
+def test_revocation_cascades(env: Env) -> None:
+    root = _principal(env, env.tokens.init_admin())
+    manager = env.tokens.create_token("m", MANAGE_ORDERS, issuer=root)
+    child = env.tokens.create_token("c", MANAGE_ORDERS, issuer=_principal(env, manager))
+    grandchild = env.tokens.create_token("g", MANAGE_ORDERS, issuer=_principal(env, child))
+    env.tokens.revoke_token(manager.info.id, root)
+    for gone in (manager, child, grandchild):
+        with pytest.raises(UnauthenticatedError, match="revoked"):
+            env.tokens.authenticate(gone.token)
+
+
+def test_children_never_outlive_their_issuer(env: Env) -> None:
+    root = _principal(env, env.tokens.init_admin())
+    manager = env.tokens.create_token("m", MANAGE_ORDERS, ttl=timedelta(seconds=120), issuer=root)
+    assert manager.info.expires_at == START + timedelta(seconds=120)
+    m = _principal(env, manager)
+    forever = env.tokens.create_token("forever", MANAGE_ORDERS, issuer=m)
+    longer = env.tokens.create_token("longer", MANAGE_ORDERS, ttl=timedelta(days=9), issuer=m)
+    shorter = env.tokens.create_token("shorter", MANAGE_ORDERS, ttl=timedelta(seconds=60), issuer=m)
+    assert forever.info.expires_at == manager.info.expires_at
+    assert longer.info.expires_at == manager.info.expires_at
+    assert shorter.info.expires_at == START + timedelta(seconds=60)
+    env.clock.now = START + timedelta(seconds=121)
+    for gone in (manager, forever, longer, shorter):
+        with pytest.raises(UnauthenticatedError, match="expired"):
+            env.tokens.authenticate(gone.token)
+
+
+def test_the_last_full_admin_cannot_be_revoked(env: Env) -> None:
+    admin = env.tokens.init_admin()
+    root = _principal(env, admin)
+    with pytest.raises(ConflictError, match="last full admin"):
+        env.tokens.revoke_token(admin.info.id, root)
+    # A full admin that expires does not count; nor does one below a manager.
+    env.tokens.create_token("temp-admin", [ADMIN_POLICY], ttl=timedelta(days=1), issuer=root)
+    with pytest.raises(ConflictError, match="last full admin"):
+        env.tokens.revoke_token(admin.info.id, root)
+    # A root admin issuing a never-expiring full admin makes a peer root: the first admin
+    # can then be rotated out, and the new one is the last.
+    second = env.tokens.create_token("second", [ADMIN_POLICY], issuer=root)
+    assert second.info.ancestors == ()
+    env.tokens.revoke_token(admin.info.id, _principal(env, second))
+    with pytest.raises(UnauthenticatedError, match="revoked"):
+        env.tokens.authenticate(admin.token)
+    s = _principal(env, second)
+    assert s.root
+    with pytest.raises(ConflictError, match="last full admin"):
+        env.tokens.revoke_token(second.info.id, s)
+    # A manager's child with tokens.manage never becomes a root, whatever it asks.
+    m = _principal(env, env.tokens.create_token("m", MANAGE_ORDERS, issuer=s))
+    with pytest.raises(PermissionDeniedError):
+        env.tokens.create_token("escalate", [ADMIN_POLICY], issuer=m)

@@ -63,6 +63,7 @@ def test_a_workers_own_audit_head_is_not_relayed() -> None:
     relay = _relay(w0, w1)
     relay.on_change_for(0)("config", "audit-head")
     relay.on_change_for(1)("config", "audit-head-1")
+    relay.on_change_for(1)("config", "state-head")
     relay.on_change_for(0)("config", "tokens-initialized")
     assert w1.calls == [("records_changed", {"kind": "config", "id": "tokens-initialized"})]
     assert w0.calls == []

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import struct
 from collections.abc import Sequence
@@ -442,6 +443,14 @@ def expected_report_data_for(cert_or_key: x509.Certificate | bytes | PublicKeyTy
     return hashlib.sha256(spki).digest()
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address as an IP SAN (RFC 6125: clients match IPs only there), else a DNS name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_ratls_certificate(
     private_key: ec.EllipticCurvePrivateKey,
     quote_bytes: bytes,
@@ -478,6 +487,6 @@ def make_ratls_certificate(
     )
     if dns_names:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+            x509.SubjectAlternativeName([_general_name(n) for n in dns_names]), critical=False
         )
     return builder.sign(private_key, hashes.SHA256())

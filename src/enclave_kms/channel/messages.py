@@ -262,10 +262,39 @@ class Record(_Message):
         )
 
 
-Message: TypeAlias = ReportWithPubkey | KeyEstablish | KeyAck | Record
+@dataclass(frozen=True, repr=False)
+class Close(_Message):
+    """Authenticated end of stream: the sender's last record, at its next sequence number,
+    an AES-256-GCM tag over nothing under the close label. Without it a receiver cannot
+    tell "the peer said everything" from "the host dropped the last records"."""
+
+    TYPE: ClassVar[int] = 5
+    FIELDS: ClassVar[int] = 4
+
+    direction: int
+    sequence: int
+    iv: bytes
+    tag: bytes
+
+    def __post_init__(self) -> None:
+        _uint(self.direction, "direction", 0xFF)
+        if self.direction not in (INITIATOR_TO_RESPONDER, RESPONDER_TO_INITIATOR):
+            raise ChannelError(f"direction: {self.direction} is not 1 or 2")
+        _uint(self.sequence, "sequence", MAX_SEQUENCE)
+        _bytes(self.iv, "iv", IV_LEN, IV_LEN)
+        _bytes(self.tag, "tag", TAG_LEN, TAG_LEN)
+
+    def _fields(self) -> tuple[int | bytes, ...]:
+        return (self.direction, self.sequence, self.iv, self.tag)
+
+    def __repr__(self) -> str:
+        return f"Close(direction={self.direction}, sequence={self.sequence})"
+
+
+Message: TypeAlias = ReportWithPubkey | KeyEstablish | KeyAck | Record | Close
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
-    m.TYPE: m for m in (ReportWithPubkey, KeyEstablish, KeyAck, Record)
+    m.TYPE: m for m in (ReportWithPubkey, KeyEstablish, KeyAck, Record, Close)
 }
 
 

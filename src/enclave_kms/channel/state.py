@@ -52,10 +52,12 @@ from enclave_kms.channel.messages import (
     MAX_PLAINTEXT,
     RESPONDER_TO_INITIATOR,
     SESSION_KEY_LEN,
+    Close,
     KeyAck,
     KeyEstablish,
     Record,
     ReportWithPubkey,
+    decode_message,
     record_aad,
 )
 from enclave_kms.errors import (
@@ -174,6 +176,8 @@ class SecureChannel:
         self._state = ChannelState.INITIAL
         self._sent = 0
         self._received = 0
+        self._sent_close = False
+        self._peer_closed = False
         self._lock = threading.RLock()
         self._busy = False
         self._reentered = False
@@ -356,11 +360,53 @@ class SecureChannel:
 
     # ------------------------------------------------------------------ records
 
+    @property
+    def peer_closed(self) -> bool:
+        """Whether the peer's authenticated end of stream has arrived."""
+        return self._peer_closed
+
+    def generate_close_message(self) -> bytes:
+        """The authenticated end of this end's stream (its next sequence number); nothing
+        can be sent after it."""
+
+        def step() -> bytes:
+            self._advance("generate_close_message", {ChannelState.SECURE: ChannelState.SECURE})
+            if self._sent_close:
+                raise ChannelError("end of stream already sent")
+            assert self._keys is not None
+            direction = self._direction(sending=True)
+            iv = self._random(IV_LEN)
+            tag = self._keys.send.encrypt(
+                iv, b"", record_aad(LABEL + b" close", direction, self._sent)
+            )
+            self._sent_close = True
+            message = Close(direction, self._sent, iv, tag).to_bytes()
+            self._sent += 1
+            return message
+
+        return self._run("generate_close_message", step)
+
+    def finish(self) -> None:
+        """The receiver is done: the peer's end of stream must have arrived, else the host
+        dropped the last records (ReplayError); then the channel closes."""
+
+        def step() -> None:
+            if not self._peer_closed:
+                raise ReplayError(
+                    f"stream truncated: {self._received} record(s) received and no "
+                    "authenticated end of stream (the last records were dropped)"
+                )
+
+        self._run("finish", step)
+        self.close()
+
     def generate_encrypted_message(self, plaintext: bytes) -> bytes:
         """Encrypt one record in this end's direction with the next send sequence number."""
 
         def step() -> bytes:
             self._advance("generate_encrypted_message", {ChannelState.SECURE: ChannelState.SECURE})
+            if self._sent_close:
+                raise ChannelError("end of stream sent: nothing more can be sent")
             if not isinstance(plaintext, bytes | bytearray | memoryview):
                 raise ChannelError("plaintext: expected bytes")
             data = bytes(plaintext)
@@ -384,6 +430,14 @@ class SecureChannel:
 
         def step() -> bytes:
             self._advance("process_encrypted_msg", {ChannelState.SECURE: ChannelState.SECURE})
+            if self._peer_closed:
+                raise ReplayError("record after the peer's end of stream")
+            if not isinstance(msg, bytes | bytearray | memoryview):
+                raise ChannelError("record: expected bytes")
+            decoded = decode_message(bytes(msg))
+            if isinstance(decoded, Close):
+                self._process_close(decoded)
+                return b""
             record = Record.parse(msg)
             if record.direction != self._direction(sending=False):
                 raise ChannelError("record: wrong direction (reflected back to its sender)")
@@ -404,6 +458,23 @@ class SecureChannel:
             return plaintext
 
         return self._run("process_encrypted_msg", step)
+
+    def _process_close(self, close: Close) -> None:
+        if close.direction != self._direction(sending=False):
+            raise ChannelError("end of stream: wrong direction (reflected back to its sender)")
+        if close.sequence != self._received:
+            raise ReplayError(
+                f"end of stream: sequence {close.sequence}, expected {self._received}"
+                " (records before it were dropped)"
+            )
+        assert self._keys is not None
+        aad = record_aad(LABEL + b" close", close.direction, close.sequence)
+        try:
+            self._keys.receive.decrypt(close.iv, close.tag, aad)
+        except InvalidTag:
+            raise ChannelError("end of stream: authentication failed") from None
+        self._received += 1
+        self._peer_closed = True
 
     # ------------------------------------------------------------------ internals
 

@@ -2,10 +2,13 @@
 
 The enclave writes every request as a hash-chained record signed by a key that never leaves it
 (`enclave/state/audit.py`); the host only stores the records (the `audit` table of `kms.sqlite`).
-`verify` reads that table directly — it needs no server — and checks sequence, links and
-signatures, naming the first bad record. With `--against-server` it also asks the attested
-enclave for the head of its chain, so a log that was truncated at the end, or re-signed with
-another key, is caught as well: the chain alone cannot show a missing tail.
+`verify` reads that table directly — it needs no server, opens the database read-only and
+copies it with SQLite's backup API (so a live server's database, write-ahead log included, is
+read as of one instant) — and checks sequence, links and signatures, naming the first bad
+record, then checks every chain against the enclave-signed state head stored beside it
+(enclave/state/head.py), so a log truncated at the end is caught too. With `--against-server`
+it also asks the attested enclave for the head of its chain, which also catches a host that
+rolled back the log and the state head together.
 
 This module imports the enclave's verifier and the host's storage on purpose; the client
 package itself never does (import-linter rule).
@@ -13,6 +16,8 @@ package itself never does (import-linter rule).
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -36,15 +41,87 @@ def _database(path: Path) -> Path:
     return db
 
 
+@dataclass(frozen=True)
+class LogSnapshot:
+    chains: dict[int, list[bytes]]
+    state_head: bytes | None  # the signed state head blob (config/state-head), if any
+
+
+def read_snapshot(path: Path) -> LogSnapshot:
+    """One consistent copy of the audit log and the state head, taken read-only.
+
+    The database is opened read-only (never migrated, never written) and copied with
+    SQLite's online backup API into memory, so a live server's database (WAL mode: recent
+    commits are in kms.sqlite-wal) is read as of one instant, with its write-ahead log."""
+    db = _database(path)
+    try:
+        source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot open {db} read-only: {exc}") from None
+    copy = sqlite3.connect(":memory:")
+    try:
+        source.backup(copy)
+        chains: dict[int, list[bytes]] = {}
+        for chain, record in copy.execute("SELECT chain, record FROM audit ORDER BY seq"):
+            chains.setdefault(int(chain), []).append(bytes(record))
+        row = copy.execute(
+            "SELECT blob FROM records WHERE kind='config' AND id='state-head'"
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise UsageError(f"{db} is not an enclave-kms database: {exc}") from None
+    finally:
+        source.close()
+        copy.close()
+    return LogSnapshot(chains or {0: []}, None if row is None else bytes(row[0]))
+
+
 def read_chains(path: Path) -> dict[int, list[bytes]]:
     """Every audit chain in the log (one per enclave worker that wrote), by chain number."""
-    from enclave_kms.host.storage.sqlite import SQLiteStorage
+    return read_snapshot(path).chains
 
-    storage = SQLiteStorage(_database(path))
+
+def check_against_state_head(snapshot: LogSnapshot, key_sha256: str) -> int:
+    """Every chain must reach at least the record the signed state head covers, and hold
+    that very record: a log truncated at the end (which links and verifies on its own) is
+    caught here. Returns the head's generation."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from enclave_kms.enclave.state.audit import verify_chain
+    from enclave_kms.enclave.state.head import parse_signed_head
+
+    if snapshot.state_head is None:
+        raise AuditError("the database has no signed state head (cause: head-missing)")
+    genesis = snapshot.chains.get(0) or next(iter(snapshot.chains.values()))
+    key = serialization.load_der_public_key(bytes.fromhex(_genesis_key_hex(genesis)))
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise AuditError("audit genesis key is not an EC key")
+    head = parse_signed_head(snapshot.state_head, key)
+    for chain, (seq, prev) in sorted(head.audit.items()):
+        records = snapshot.chains.get(chain, [])
+        if len(records) < seq:
+            raise AuditError(
+                f"chain {chain} holds {len(records)} records but the signed state head "
+                f"(generation {head.generation}) covers {seq}: the log was truncated "
+                "(cause: audit-truncated)"
+            )
+        if verify_chain(records[:seq], key_sha256).last_hash != prev:
+            raise AuditError(
+                f"chain {chain}: record {seq - 1} differs from the one the signed state head "
+                "covers: the log was truncated or rewritten (cause: audit-truncated)"
+            )
+    return head.generation
+
+
+def _genesis_key_hex(records: list[bytes]) -> str:
+    import cbor2
+
     try:
-        return {chain: storage.audit_records(chain) for chain in storage.audit_chains() or [0]}
-    finally:
-        storage.close()
+        target = cbor2.loads(cbor2.loads(records[0])[0])["target"]
+        bytes.fromhex(target)
+    except Exception:  # noqa: BLE001 - verify_chain has already named what is wrong
+        raise AuditError("audit record 0 carries no public key") from None
+    return str(target)
 
 
 @app.command("verify")
@@ -73,9 +150,15 @@ def verify_cmd(
         with settings.client() as kms:
             head = kms.audit_head()
         key_sha256 = key_sha256 or head.public_key_sha256
-    chains = read_chains(path)
+    snapshot = read_snapshot(path)
+    chains = snapshot.chains
     results = {chain: verify_chain(records, key_sha256) for chain, records in chains.items()}
+    key_sha256 = key_sha256 or next(iter(results.values())).public_key_sha256
+    if len({r.public_key_sha256 for r in results.values()}) != 1:
+        raise AuditError("the audit chains are signed by different keys")
+    generation = check_against_state_head(snapshot, key_sha256)
     out = stdout_console()
+    out.print(f"matches the signed state head (generation {generation})")
     if head is not None:
         records = chains.get(head.chain, [])
         if len(records) < head.records:

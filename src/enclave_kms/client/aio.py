@@ -124,7 +124,9 @@ class AsyncKMSClient(Operations):
                 continue
             retry = attempts.after_answer(response.status_code, response.content)
             if retry is None:
-                return core.read_answer(call, response.status_code, response.content)
+                return core.read_answer(
+                    call, response.status_code, response.content, response.headers
+                )
             await asyncio.sleep(retry)
 
     async def _pool(self) -> tuple[httpx.AsyncClient, AttestedServer | None]:

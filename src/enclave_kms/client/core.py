@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
+from enclave_kms.client import state_head
 from enclave_kms.client.errors import (
     RETRYABLE_CODES,
     error_for_item,
@@ -68,6 +69,10 @@ class Call(Generic[T]):
     auth: bool = True
     idempotent: bool = False
     slow: bool = False  # e.g. RSA key generation inside the enclave: a longer read timeout
+    # The server's state heads known when this call was made (client/state_head.py).
+    floor: Mapping[str, tuple[int, str]] = field(
+        default_factory=lambda: state_head.current().snapshot(), repr=False, compare=False
+    )
 
     def __repr__(self) -> str:  # the body may carry plaintext or key material
         return f"Call({self.method} {self.path})"
@@ -578,8 +583,13 @@ def revoke_token(token_id: str) -> Call[TokenInfo]:
 # --------------------------------------------------------------------------- answers, retries
 
 
-def read_answer(call: Call[T], status: int, content: bytes) -> T:
-    """The typed result of an answer, or the typed error the server sent."""
+def read_answer(
+    call: Call[T], status: int, content: bytes, headers: Mapping[str, str] | None = None
+) -> T:
+    """The typed result of an answer, or the typed error the server sent; an answer whose
+    state head goes behind one seen before the call was made is refused."""
+    if headers is not None:
+        state_head.current().observe(headers.get(state_head.HEADER), call.floor)
     if status >= 400:
         raise error_for_response(status, content)
     try:

@@ -26,6 +26,7 @@ from enclave_kms.errors import (
     NotFoundError,
     PermissionDeniedError,
     ServerError,
+    StateRollbackError,
     StorageError,
     UnauthenticatedError,
 )
@@ -40,6 +41,7 @@ ERROR_CODES: Final[dict[str, type[EnclaveKMSError]]] = {
     "not_found": NotFoundError,
     "conflict": ConflictError,
     "key_state": KeyStateError,
+    "state_rollback": StateRollbackError,
     "integrity_violation": IntegrityError,
     "boundary_violation": BoundaryError,
     "storage_unavailable": StorageError,

@@ -114,7 +114,9 @@ class KMSClient(Operations):
                 continue
             retry = attempts.after_answer(response.status_code, response.content)
             if retry is None:
-                return core.read_answer(call, response.status_code, response.content)
+                return core.read_answer(
+                    call, response.status_code, response.content, response.headers
+                )
             time.sleep(retry)
 
     def _pool(self) -> tuple[httpx.Client, AttestedServer | None]:

@@ -15,9 +15,10 @@ import hashlib
 import logging
 import os
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -34,14 +35,16 @@ from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
+from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
-from enclave_kms.enclave.state.store import RecordStore
+from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore
 from enclave_kms.enclave.state.tokens import TokenService
 from enclave_kms.errors import (
     ConfigError,
     ConflictError,
     EnclaveKMSError,
     SealingError,
+    StateRollbackError,
     UnsupportedFormatError,
 )
 from enclave_kms.platform.base import KeyPolicy, TeeBackend
@@ -68,6 +71,7 @@ class RuntimeConfig:
     worker: int = 0  # several workers serve one store and port: this one's number
     workers: int = 1
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
+    cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -87,6 +91,9 @@ class RuntimeConfig:
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
                 transit_mount=str(raw.get("transit_mount", "transit")),
+                cert_lifetime=tls.bounded_lifetime(
+                    float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
+                ),
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
@@ -139,6 +146,7 @@ class EnclaveRuntime:
         self._backend = backend
         self._config: RuntimeConfig | None = None
         self._server: uvicorn.Server | None = None
+        self._tls_context: ssl.SSLContext | None = None
         self._state_lock = threading.Lock()
         self.stopped = threading.Event()
         self.server_done = threading.Event()
@@ -146,6 +154,7 @@ class EnclaveRuntime:
         self.kms: KMSService | None = None
         self.tokens: TokenService | None = None
         self.audit: AuditLog | None = None
+        self.state: StateTracker | None = None
         self.tls_key: ec.EllipticCurvePrivateKey | None = None
         self.identity: tls.TlsIdentity | None = None
         self.channel = ChannelEcalls(self)
@@ -203,18 +212,48 @@ class EnclaveRuntime:
                 return secret
         raise ConflictError(f"identity/{id} keeps changing under us; refusing to start")
 
-    def _record(self, store: RecordStore, id: str, make: Any) -> tuple[int, Any]:
-        found = store.get("config", id)
-        if found is not None:
-            return found.version, found.value
-        value = make()
-        try:
-            return store.put("config", id, 0, value), value
-        except ConflictError:
-            again = store.get("config", id)
-            if again is None:
-                raise
-            return again.version, again.value
+    def _open_state(
+        self, store: RecordStore, srk: bytes, cfg: RuntimeConfig
+    ) -> tuple[ec.EllipticCurvePrivateKey, StateTracker, tuple[int, bytes] | None]:
+        """Load the audit key and check the store against the signed state head (head.py);
+        fail closed, naming the cause, if the host rolled back, deleted or re-added anything."""
+        head_present = self.host.get(*HEAD_ID) is not None
+        marker = store.get(*INIT_MARKER)
+        found = store.get("config", "audit-key")
+        if found is None:
+            if head_present or marker is not None:
+                raise StateRollbackError(
+                    cause="audit-key-missing",
+                    message="the audit key of this initialized installation is missing",
+                )
+            store.put("config", "audit-key", 0, tls.key_to_der(tls.generate_tls_key()))
+            found = store.get("config", "audit-key")
+            if found is None:
+                raise StateRollbackError(
+                    cause="audit-key-missing", message="the host dropped the audit key"
+                )
+        audit_key = tls.key_from_der(found.value)
+        tracker = StateTracker(self.host, srk, audit_key, worker=cfg.worker, exact=cfg.workers == 1)
+        marker_value = None if marker is None else marker.value
+        legacy = isinstance(marker_value, dict) and not marker_value.get("state_head")
+
+        def allow_create(records: dict[tuple[str, str], int]) -> str | None:
+            if legacy:
+                return "upgrade of an installation initialized before state heads"
+            if marker is None and not any(kind != "config" for kind, _ in records):
+                return "a store with no installation yet"
+            return None
+
+        tracker.open(allow_create=allow_create)
+        store.track(tracker)
+        head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
+        legacy_head = None
+        old = store.get("config", head_id)
+        if old is not None and old.value is not None and tracker.audit_head(cfg.worker) is None:
+            legacy_head = (int(old.value[0]), bytes(old.value[1]))
+        if legacy and marker is not None and isinstance(marker_value, dict):
+            store.put(*INIT_MARKER, marker.version, {**marker_value, "state_head": 1})
+        return audit_key, tracker, legacy_head
 
     # ------------------------------------------------------------------ ECALLs
 
@@ -238,25 +277,19 @@ class EnclaveRuntime:
             )
             self.tls_key = tls.key_from_der(tls_der)
             store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
-            _, audit_der = self._record(
-                store, "audit-key", lambda: tls.key_to_der(tls.generate_tls_key())
-            )
-            # One audit chain per worker (the host keeps them apart; each has its own head).
-            head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
-            head_version, head = self._record(store, head_id, lambda: None)
-            head_state = {"version": head_version}
+            audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
+            self.state = tracker
+            worker = cfg.worker
 
             def persist_head(seq: int, prev: bytes) -> None:
-                head_state["version"] = store.put(
-                    "config", head_id, head_state["version"], [seq, prev]
-                )
+                tracker.audit_advanced(worker, seq, prev)
 
             self.audit = AuditLog(
-                tls.key_from_der(audit_der),
+                audit_key,
                 self.host.audit_append,
-                head=None if head is None else (int(head[0]), bytes(head[1])),
+                head=tracker.audit_head(worker) or legacy_head,
                 persist_head=persist_head,
-                tail_fn=self.host.audit_tail,  # crash recovery: see AuditLog
+                tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
             )
             self.store = store
             self.kms = KMSService(store)
@@ -304,6 +337,7 @@ class EnclaveRuntime:
                     attestation=self,
                     identity=self.identity_claims(),
                     worker=self.config.worker,
+                    state_head=None if self.state is None else self.state.header,
                 ),
                 transit_mount=self.config.transit_mount,
             )
@@ -313,12 +347,13 @@ class EnclaveRuntime:
                 if self.config.workers > 1
                 else None
             )
-            identity = self.identity
+            self._tls_context = tls.ssl_context(self.identity)
+            context = self._tls_context
             server_config = uvicorn.Config(
                 app,
                 host=self.config.listen_host,
                 port=port,
-                ssl_context_factory=lambda _cfg, _default: tls.ssl_context(identity),
+                ssl_context_factory=lambda _cfg, _default: context,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
@@ -330,6 +365,7 @@ class EnclaveRuntime:
             )
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
+        threading.Thread(target=self._renew_loop, name="tls-renewal", daemon=True).start()
         try:
             server = self._server
             with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
@@ -337,6 +373,52 @@ class EnclaveRuntime:
         finally:
             self.server_done.set()
         return {}
+
+    def _renew_loop(self) -> None:
+        """Issue a fresh certificate (new evidence, same key) before the current one expires,
+        without a restart: new connections get it; pinned clients keep their pin (the key is
+        the same) and fresh evidence passes the same policy or they refuse it."""
+        while not self.stopped.is_set():
+            identity = self.identity
+            if identity is None or self._tls_context is None:
+                return
+            expires = identity.certificate.not_valid_after_utc
+            issued = identity.certificate.not_valid_before_utc + tls.NOT_BEFORE_SLACK
+            due = issued + (expires - issued) * tls.RENEW_AT
+            wait = max((due - datetime.now(UTC)).total_seconds(), 1.0)
+            if self.stopped.wait(wait):
+                return
+            try:
+                renewed = tls.issue_identity(
+                    identity.key,
+                    self.quote_for,
+                    datetime.now(UTC),
+                    dns_names=self.config.dns_names,
+                    lifetime=self.config.cert_lifetime,
+                )
+                tls.load_identity(self._tls_context, renewed)
+            except EnclaveKMSError as exc:
+                log.error("certificate renewal failed (%s); retrying in a minute", exc.message)
+                self.stopped.wait(60)
+                continue
+            self.identity = renewed
+            self._share_certificate(renewed)
+            log.info(
+                "server certificate renewed; valid until %s",
+                renewed.certificate.not_valid_after_utc,
+            )
+
+    def _share_certificate(self, identity: tls.TlsIdentity) -> None:
+        store = self.store
+        if store is None or self.config.worker != 0:
+            return
+        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        value = {"certificate": identity.certificate_pem, "quote": identity.quote}
+        try:
+            found = store.get("config", cert_id)
+            store.put("config", cert_id, 0 if found is None else found.version, value)
+        except EnclaveKMSError as exc:
+            log.warning("renewed certificate not shared with other workers: %s", exc.message)
 
     def _server_identity(self, key: ec.EllipticCurvePrivateKey) -> tls.TlsIdentity:
         """Worker 0 issues the RA-TLS certificate and keeps it in the sealed store; the other
@@ -353,7 +435,11 @@ class EnclaveRuntime:
                 return shared
             log.warning("the shared server certificate is not for this key; issuing one")
         identity = tls.issue_identity(
-            key, self.quote_for, datetime.now(UTC), dns_names=self.config.dns_names
+            key,
+            self.quote_for,
+            datetime.now(UTC),
+            dns_names=self.config.dns_names,
+            lifetime=self.config.cert_lifetime,
         )
         if self.config.worker == 0:
             value = {"certificate": identity.certificate_pem, "quote": identity.quote}

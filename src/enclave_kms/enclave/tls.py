@@ -26,6 +26,15 @@ from enclave_kms.attestation.ratls import make_ratls_certificate
 from enclave_kms.errors import PlatformError
 
 CERT_LIFETIME = timedelta(days=7)
+MIN_CERT_LIFETIME = timedelta(seconds=20)  # tests renew quickly; the host cannot go longer
+NOT_BEFORE_SLACK = timedelta(minutes=5)
+RENEW_AT = 0.5  # of the lifetime: clients see fresh evidence well before expiry
+
+
+def bounded_lifetime(seconds: float) -> timedelta:
+    """The certificate lifetime the host asked for, within [MIN, CERT_LIFETIME]: a host may
+    make evidence fresher, never staler."""
+    return min(max(timedelta(seconds=seconds), MIN_CERT_LIFETIME), CERT_LIFETIME)
 
 
 def spki_der(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -86,15 +95,17 @@ def issue_identity(
     now: datetime,
     *,
     dns_names: tuple[str, ...] = ("localhost",),
+    lifetime: timedelta = CERT_LIFETIME,
 ) -> TlsIdentity:
-    """A fresh RA-TLS certificate for `key`, with evidence from `quote_for(report_data)`."""
+    """A fresh RA-TLS certificate for `key`, with evidence from `quote_for(report_data)`.
+    Names that are IP addresses become IP SANs (clients that check them need that)."""
     quote = quote_for(report_data_for_spki(spki_der(key)))
     cert = make_ratls_certificate(
         key,
         quote,
         subject_cn="enclave-kms",
-        not_before=now - timedelta(minutes=5),
-        not_after=now + CERT_LIFETIME,
+        not_before=now - NOT_BEFORE_SLACK,
+        not_after=now + lifetime,
         dns_names=dns_names,
     )
     return TlsIdentity(key, cert, quote)
@@ -115,18 +126,25 @@ def identity_for(
 
 
 def ssl_context(identity: TlsIdentity) -> ssl.SSLContext:
-    """Server context (TLS 1.2+, modern ciphers) loaded from memory, never from a named file."""
+    """Server context, TLS 1.3 only (AEAD suites only, forward secrecy), loaded from memory,
+    never from a named file."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    load_identity(ctx, identity)
+    return ctx
+
+
+def load_identity(ctx: ssl.SSLContext, identity: TlsIdentity) -> None:
+    """Load (or replace: certificate renewal) the context's certificate and key; connections
+    made afterwards get the new certificate, established ones keep theirs."""
     pem = identity.certificate_pem + identity.key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     fd = os.memfd_create("enclave-kms-tls", os.MFD_CLOEXEC)
     try:
         os.write(fd, pem)
         ctx.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-    return ctx

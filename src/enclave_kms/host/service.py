@@ -61,6 +61,7 @@ class ServeOptions:
     workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
     storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
     transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
+    cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
 
 
 class DataDirLock:
@@ -233,6 +234,7 @@ def launch_enclave(
     workers: int = 1,
     relay: ChangeRelay | None = None,
     transit_mount: str = "transit",
+    cert_lifetime_seconds: float | None = None,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
@@ -259,6 +261,8 @@ def launch_enclave(
         "workers": workers,
         "transit_mount": transit_mount,
     }
+    if cert_lifetime_seconds is not None:
+        config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
     try:
         reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=120)
     except BaseException:
@@ -449,6 +453,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             workers=options.workers,
             relay=relay,
             transit_mount=options.transit_mount,
+            cert_lifetime_seconds=options.cert_lifetime_seconds,
         )
 
     return _serve_workers(

@@ -51,8 +51,10 @@ class ChangeRelay:
         return lambda kind, id: self._relay(index, kind, id)
 
     def _relay(self, origin: int, kind: str, id: str) -> None:
-        if kind == "config" and id.startswith("audit-head"):
-            return  # a worker's own chain head (one write per audit batch): no other reads it
+        if kind == "config" and (id == "state-head" or id.startswith("audit-head")):
+            # The state head (written with every audit batch) is never cached: a worker reads
+            # it from the store whenever its compare-and-set fails, and checks it is newer.
+            return
         with self._lock:
             others = [(i, w) for i, w in enumerate(self._workers) if i != origin]
         for index, worker in others:

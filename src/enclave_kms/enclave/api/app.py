@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,7 +35,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enclave_kms.enclave.api import routes_crypto, routes_keys, routes_sys
+from enclave_kms.enclave.api import docs_page, routes_crypto, routes_keys, routes_sys
 from enclave_kms.enclave.api.errors import (
     ERROR_RESPONSES,
     INTERNAL_MESSAGE,
@@ -66,6 +67,7 @@ API_TITLE = "enclave-kms"
 API_VERSION = "1"
 AUDIT_FAILED_MESSAGE = "audit log unavailable: operation not acknowledged"
 _JSON = (b"content-type", b"application/json")
+STATE_HEADER = b"ekms-state"  # "v1 <installation> <generation> <head hash>": client/state_head.py
 _DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
@@ -92,10 +94,18 @@ class AuditMiddleware:
     """Request ids, the body-size limit, and the audit record of every response (see the
     module docstring). Pure ASGI so it adds no per-request task or body copy."""
 
-    def __init__(self, app: ASGIApp, *, audit: AuditLog, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        audit: AuditLog,
+        max_body_bytes: int,
+        state_head: Callable[[], str] | None = None,
+    ) -> None:
         self.app = app
         self.audit = audit
         self.max_body_bytes = max_body_bytes
+        self.state_head = state_head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,6 +144,9 @@ class AuditMiddleware:
                     return
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", slot.request_id.encode("ascii")))
+                if self.state_head is not None:
+                    # Read after this request's audit batch (and so its head) is durable.
+                    headers.append((STATE_HEADER, self.state_head().encode("ascii")))
                 message = {**message, "headers": headers}
                 started = True
             await send(message)
@@ -222,7 +235,7 @@ def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAP
             "Key management inside an SGX enclave. Verify the server's RA-TLS evidence "
             'before sending anything; errors are {"error": {"code", "message"}}.'
         ),
-        docs_url="/docs",
+        docs_url=None,  # our own page: no third-party scripts (docs_page.py)
         redoc_url=None,
         openapi_url="/openapi.json",
         redirect_slashes=False,
@@ -233,6 +246,12 @@ def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAP
     for module in (routes_crypto, routes_keys, routes_sys):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
-    app.add_middleware(AuditMiddleware, audit=ctx.audit, max_body_bytes=ctx.max_body_bytes)
+    app.add_middleware(
+        AuditMiddleware,
+        audit=ctx.audit,
+        max_body_bytes=ctx.max_body_bytes,
+        state_head=ctx.state_head,
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_route("/docs", docs_page.endpoint(app.openapi), include_in_schema=False)
     return app

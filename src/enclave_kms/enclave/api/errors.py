@@ -46,6 +46,7 @@ from enclave_kms.errors import (
     NotFoundError,
     PermissionDeniedError,
     PlatformError,
+    StateRollbackError,
     StorageError,
     UnauthenticatedError,
 )
@@ -63,6 +64,7 @@ ERROR_TABLE: Final[tuple[tuple[type[EnclaveKMSError], int, str], ...]] = (
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
     (KeyStateError, 409, "key_state"),
+    (StateRollbackError, 502, "state_rollback"),
     (IntegrityError, 502, "integrity_violation"),
     (BoundaryError, 502, "boundary_violation"),
     (StorageError, 503, "storage_unavailable"),
@@ -220,6 +222,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EnclaveKMSError, _typed_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Last resort (Starlette's outermost middleware calls it): never a text/plain 500, even
+    # when the host is gone and nothing else can answer.
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("unexpected %s on %s", describe_exception(exc), request.url.path)
+    return error_response(request.scope, 500, "internal", INTERNAL_MESSAGE)
 
 
 def _request_id(request: Request) -> str:

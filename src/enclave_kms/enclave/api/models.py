@@ -301,6 +301,7 @@ class TokenOut(Out):
     created: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    issuer: str | None = Field(default=None, description="id of the token that issued it")
 
 
 class IssuedTokenOut(Out):

@@ -69,11 +69,13 @@ def list_keys(
     who: Caller = Depends(caller),
 ) -> KeyListOut:
     """Keys by name, ascending; only those the token may read are shown."""
-    page = app_context(request).kms.list_keys(after=after, limit=limit)
+    page = app_context(request).kms.list_keys(
+        after=after, limit=limit, visible=lambda name: who.allowed("keys.read", name)
+    )
     return KeyListOut(
-        keys=[key_out(k) for k in page.keys if who.allowed("keys.read", k.name)],
+        keys=[key_out(k) for k in page.keys],
         next_after=page.next_after,
-        unreadable=[n for n in page.unreadable if who.allowed("keys.read", n)],
+        unreadable=list(page.unreadable),
     )
 
 

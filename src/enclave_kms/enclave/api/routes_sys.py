@@ -49,6 +49,7 @@ def token_out(info: TokenInfo) -> TokenOut:
         created=info.created,
         expires_at=info.expires_at,
         revoked_at=info.revoked_at,
+        issuer=info.issuer,
     )
 
 
@@ -132,20 +133,23 @@ def list_tokens(
     request: Request,
     after: Annotated[str, Query(max_length=16, description="last id of the previous page")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    who: Caller = Depends(caller),
 ) -> TokenListOut:
-    """Token metadata by id (revoked ones included); never a secret."""
-    page = app_context(request).tokens.list_tokens(after=after, limit=limit)
+    """The caller's own token and those it issued (and theirs), by id, revoked ones
+    included; never a secret, never a token outside the caller's lineage."""
+    page = app_context(request).tokens.list_tokens(after=after, limit=limit, caller=who.principal)
     return TokenListOut(tokens=[token_out(t) for t in page.tokens], next_after=page.next_after)
 
 
-def read_token(request: Request, token_id: TokenId) -> TokenOut:
-    """Metadata of one token."""
-    return token_out(app_context(request).tokens.read_token(token_id))
+def read_token(request: Request, token_id: TokenId, who: Caller = Depends(caller)) -> TokenOut:
+    """Metadata of one token the caller governs (itself or a descendant)."""
+    return token_out(app_context(request).tokens.read_token(token_id, who.principal))
 
 
-def revoke_token(request: Request, token_id: TokenId) -> TokenOut:
-    """Revoke for good (idempotent)."""
-    return token_out(app_context(request).tokens.revoke_token(token_id))
+def revoke_token(request: Request, token_id: TokenId, who: Caller = Depends(caller)) -> TokenOut:
+    """Revoke for good, with every token it issued (idempotent); the last full admin that
+    never expires cannot be revoked."""
+    return token_out(app_context(request).tokens.revoke_token(token_id, who.principal))
 
 
 # --------------------------------------------------------------------------- audit

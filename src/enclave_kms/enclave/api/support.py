@@ -66,6 +66,7 @@ class AppContext:
     identity: Mapping[str, object]  # mr_enclave, mr_signer (hex), isv_prod_id, isv_svn, ...
     max_body_bytes: int = 1 << 20
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
+    state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
 
 
 def app_context(request: Request) -> AppContext:
@@ -123,9 +124,13 @@ def route_label(scope: Mapping[str, Any]) -> str:
 
 
 def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization")
-    if header is None:
+    headers = request.headers.getlist("authorization")
+    if not headers:
         raise UnauthenticatedError("missing bearer token (Authorization: Bearer <token>)")
+    if len(headers) > 1:
+        # Proxies and servers disagree on which of several wins: refuse to guess.
+        raise UnauthenticatedError("more than one Authorization header")
+    header = headers[0]
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'")

@@ -271,11 +271,19 @@ class KMSService:
         self._cache.put(key.uid, 1, new[1])
         return key.metadata()
 
-    def list_keys(self, *, after: str = "", limit: int = 100) -> KeyPage:
+    def list_keys(
+        self,
+        *,
+        after: str = "",
+        limit: int = 100,
+        visible: Callable[[str], bool] | None = None,
+    ) -> KeyPage:
         """Keys with names after `after`, ascending; purges due keys on the way.
 
         A record that fails authentication does not break the listing: its name is
-        reported in `unreadable`. `next_after` is None on the last page.
+        reported in `unreadable`. `next_after` is None on the last page. With `visible`,
+        only names it accepts are read, counted and shown, and `next_after` is always one of
+        them: a page never reveals a name outside the caller's grants.
         """
         if not isinstance(after, str) or len(after) > 128:
             raise InvalidRequestError("after must be a key name")
@@ -285,18 +293,35 @@ class KMSService:
             or not 1 <= limit <= MAX_LIST_LIMIT
         ):
             raise InvalidRequestError(f"limit must be 1..{MAX_LIST_LIMIT}")
-        ids = self._store.list_ids("key", after=after, limit=limit)
         keys: list[KeyMetadata] = []
         unreadable: list[str] = []
-        for name in ids:
-            try:
-                found = self._get(name)
-            except IntegrityError:
-                unreadable.append(name)
-                continue
-            if found is not None:
-                keys.append(found[1].metadata())
-        return KeyPage(tuple(keys), ids[-1] if len(ids) == limit else None, tuple(unreadable))
+        shown: list[str] = []
+        scan, more = after, False
+        while not more:
+            ids = self._store.list_ids("key", after=scan, limit=MAX_LIST_LIMIT)
+            for name in ids:
+                if visible is not None and not visible(name):
+                    continue
+                try:
+                    found = self._get(name)
+                except IntegrityError:
+                    found, bad = None, True
+                else:
+                    bad = False
+                if found is None and not bad:
+                    continue  # purged on the way
+                if len(shown) == limit:
+                    more = True
+                    break
+                shown.append(name)
+                if found is None:
+                    unreadable.append(name)
+                else:
+                    keys.append(found[1].metadata())
+            if len(ids) < MAX_LIST_LIMIT or ids[-1] <= scan:
+                break
+            scan = ids[-1]
+        return KeyPage(tuple(keys), shown[-1] if more else None, tuple(unreadable))
 
     def purge_due_keys(self) -> int:
         """Purge every key whose deletion time has passed; returns how many were purged."""
@@ -498,6 +523,13 @@ class KMSService:
     def import_key_version(self, name: str, wrapped_material: bytes) -> KeyMetadata:
         """BYOK rotation: add a version to `name` from wrapped material (as `import_key`)."""
         key = self._load(name)[1]
+        if not min(key.versions, key=lambda v: v.version).imported:
+            # Material the caller chose must never join a key others trust as generated
+            # inside the enclave: whoever imported it could decrypt what they encrypt.
+            raise KeyStateError(
+                f"key {name!r} was generated in the enclave; material is imported only into "
+                "keys created by import"
+            )
         self._not_scheduled(key)
         new = keytypes.validate_import(key.type, self._unwrap(wrapped_material))
         return self._add_version(name, key.type, new, imported=True)

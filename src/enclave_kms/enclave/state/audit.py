@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_kms.errors import AuditError
+from enclave_kms.errors import AuditError, StateRollbackError
 
 GENESIS_PREV = bytes(32)
 MAX_BATCH = 1024  # records per audit_append OCALL (the EDL allows 4096)
@@ -108,13 +108,36 @@ class AuditLog:
         self._failed_from: int | None = None
         self._next_seq, self._prev = head if head is not None else (0, GENESIS_PREV)
         if tail_fn is not None:
-            self._adopt_tail(tail_fn(self._next_seq))
+            tail = list(tail_fn(max(self._next_seq - 1, 0)))
+            if self._next_seq > 0:
+                self._check_last(tail[0] if tail else None)
+                tail = tail[1:]
+            self._adopt_tail(tail)
         self._enqueued = self._next_seq
         if self._next_seq == 0:  # no genesis yet (not even one appended before a crash)
             pub = key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             self.record(AuditEvent("enclave", "audit.genesis", pub.hex(), "ok", "genesis"))
+
+    def _check_last(self, blob: bytes | None) -> None:
+        """The host must still hold the last record the sealed head covers, unchanged: else
+        it truncated (or rewrote) the log, and continuing would hide that."""
+        seq = self._next_seq - 1
+        ok = False
+        if blob is not None:
+            try:
+                raw, sig, body = _decode(blob, seq)
+                self._key.public_key().verify(sig, raw, ec.ECDSA(hashes.SHA256()))
+                ok = body["seq"] == seq and hashlib.sha256(raw).digest() == self._prev
+            except (AuditError, InvalidSignature, TypeError):
+                ok = False
+        if not ok:
+            raise StateRollbackError(
+                cause="audit-truncated",
+                message=f"the audit log no longer holds record {seq} that the signed head covers: "
+                "the host truncated or rewrote it",
+            )
 
     def _adopt_tail(self, tail: Sequence[bytes]) -> None:
         """Move the head past the records the host holds beyond it, as far as they are ours:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from enclave_kms.enclave.state.cache import RecordCache, require_host_access
+from enclave_kms.enclave.state.head import StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.errors import ConflictError, IntegrityError
 
@@ -59,6 +60,12 @@ class RecordStore:
         self._cache = cache
         self._installation: bytes | None = None
         self._bound: RecordCipher | None = None
+        self._tracker: StateTracker | None = None
+
+    def track(self, tracker: StateTracker) -> None:
+        """From now on every read is checked against, and every write moves, the state head
+        (head.py): the host can no longer take a record back behind the enclave's back."""
+        self._tracker = tracker
 
     # ------------------------------------------------------------------ installation
 
@@ -79,6 +86,7 @@ class RecordStore:
         """A view of the same backend bound to `installation` (init writes its admin token
         through it before the marker makes the installation official)."""
         view = RecordStore(self._backend, self._cipher, cache=self._cache)
+        view._tracker = self._tracker
         view.bind(installation)
         return view
 
@@ -105,11 +113,13 @@ class RecordStore:
         require_host_access()
         epoch = 0 if cache is None else cache.epoch()
         found = self._backend.get(kind, id)
+        if found is not None and (not isinstance(found[0], int) or found[0] < 1):
+            raise IntegrityError(f"record {kind}/{id}: host returned version {found[0]!r}")
+        if self._tracker is not None:
+            self._tracker.check_read(kind, id, None if found is None else found[0])
         if found is None:
             return None
         version, blob = found
-        if not isinstance(version, int) or version < 1:
-            raise IntegrityError(f"record {kind}/{id}: host returned version {version!r}")
         value = self._cipher_for(kind).open(kind, id, version, blob)
         if cache is not None:  # only once it has authenticated
             cache.fill(kind, id, version, blob, epoch)
@@ -138,7 +148,14 @@ class RecordStore:
         require_host_access()
         new_version = expected_version + 1
         blob = self._cipher_for(kind).seal(kind, id, new_version, value)
-        if not self._backend.put(kind, id, expected_version, blob):
+        tracker = self._tracker
+        ticket = (
+            -1 if tracker is None else tracker.before_write(kind, id, expected_version, new_version)
+        )
+        done = self._backend.put(kind, id, expected_version, blob)
+        if tracker is not None:
+            tracker.after_write(ticket, done)
+        if not done:
             if self._cache is not None:
                 self._cache.remove(kind, id)  # the host holds another version: ask it next time
             raise ConflictError(f"record {kind}/{id} changed concurrently; retry")
@@ -153,8 +170,12 @@ class RecordStore:
 
     def delete(self, kind: str, id: str, expected_version: int) -> None:
         require_host_access()
+        tracker = self._tracker
+        ticket = -1 if tracker is None else tracker.before_write(kind, id, expected_version, 0)
         try:
             deleted = self._backend.delete(kind, id, expected_version)
+            if tracker is not None:
+                tracker.after_write(ticket, deleted)
         finally:
             if self._cache is not None:  # after the host answered: no read in flight refills it
                 self._cache.remove(kind, id)
@@ -166,4 +187,6 @@ class RecordStore:
         ids = self._backend.list_ids(kind, after, limit)
         if any(not isinstance(i, str) for i in ids) or ids != sorted(set(ids)):
             raise IntegrityError(f"host returned a malformed {kind} listing")
+        if self._tracker is not None:
+            self._tracker.check_listing(kind, after, ids, limit)
         return ids

@@ -10,6 +10,15 @@ message of this module contains it.
 A policy grants operations on key-name glob patterns (`fnmatch`, case-sensitive). Operations
 that are not about a key (random, tokens.manage, audit.read, sys) ignore the patterns.
 A token that manages tokens cannot mint one more powerful than itself: pass it as `issuer`.
+
+Authority is a tree (DESIGN §11). Every token records its issuer's lineage (`ancestors`, the
+init admin first), so a manager reads, lists and revokes only itself and the tokens it issued
+and their descendants, never a sibling or a wider one (a root admin, which holds everything,
+governs every token; a root admin issuing another never-expiring full admin makes a peer root,
+so the first admin can be rotated out); a child never expires after its issuer
+(its expiry is clamped to the issuer's); a token stops authenticating as soon as any of its
+ancestors is revoked, expired or gone (revocation cascades); and the last full admin that
+never expires cannot be revoked, so an installation always keeps a way to manage itself.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ TOKEN_PREFIX = "ekms_"  # noqa: S105 - a format prefix, not a credential
 MAX_TTL = timedelta(days=3650)
 MAX_POLICIES = 64
 MAX_PATTERNS = 64
+MAX_DEPTH = 16  # issuers above a token
 _CAS_RETRIES = 16
 _RECORD_FORMAT = 1
 _TOKEN = re.compile(r"ekms_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -140,6 +150,11 @@ class TokenInfo:
     created: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    ancestors: tuple[str, ...] = ()  # the issuers above it, the init admin first
+
+    @property
+    def issuer(self) -> str | None:
+        return self.ancestors[-1] if self.ancestors else None
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,14 @@ class Principal:
     token_id: str
     name: str
     policies: tuple[TokenPolicy, ...]
+    ancestors: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    root: bool = False  # a root admin: every operation on every key, no expiry, no issuer
+
+    def governs(self, info: TokenInfo) -> bool:
+        """Whether this caller may see and revoke `info`: itself or one of its descendants
+        (a root admin governs every token)."""
+        return self.root or info.id == self.token_id or self.token_id in info.ancestors
 
 
 @dataclass(frozen=True)
@@ -206,6 +229,11 @@ def _covers(granted: str, requested: str) -> bool:
     return granted.endswith("*") and not _WILDCARDS & set(prefix) and requested.startswith(prefix)
 
 
+def _is_full(policies: Sequence[TokenPolicy]) -> bool:
+    granted = {op for p in policies if "*" in p.keys for op in p.operations}
+    return granted >= OPERATIONS
+
+
 def _time(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -231,6 +259,7 @@ class _TokenRecord:
             "created": i.created.isoformat(),
             "expires_at": None if i.expires_at is None else i.expires_at.isoformat(),
             "revoked_at": None if i.revoked_at is None else i.revoked_at.isoformat(),
+            "ancestors": list(i.ancestors),
         }
 
     @classmethod
@@ -239,6 +268,11 @@ class _TokenRecord:
             if value["format"] != _RECORD_FORMAT or value["id"] != token_id:
                 raise ValueError("format or id")
             digest = value["secret_sha256"]
+            ancestors = tuple(value.get("ancestors", ()))
+            if len(ancestors) > MAX_DEPTH or any(
+                not isinstance(a, str) or _TOKEN_ID.fullmatch(a) is None for a in ancestors
+            ):
+                raise ValueError("ancestors")
             created = _time(value["created"])
             if not isinstance(digest, bytes) or len(digest) != 32 or created is None:
                 raise ValueError("digest or created")
@@ -249,6 +283,7 @@ class _TokenRecord:
                 created=created,
                 expires_at=_time(value["expires_at"]),
                 revoked_at=_time(value["revoked_at"]),
+                ancestors=ancestors,
             )
         except (KeyError, TypeError, ValueError, InvalidRequestError):
             raise IntegrityError(
@@ -282,11 +317,12 @@ class TokenService:
         policies: tuple[TokenPolicy, ...],
         expires_at: datetime | None,
         store: RecordStore | None = None,
+        ancestors: tuple[str, ...] = (),
     ) -> IssuedToken:
         store = store or self._store
         for _ in range(_CAS_RETRIES):
             token_id, secret = os.urandom(8).hex(), os.urandom(32)
-            info = TokenInfo(token_id, name, policies, self._now(), expires_at, None)
+            info = TokenInfo(token_id, name, policies, self._now(), expires_at, None, ancestors)
             record = _TokenRecord(info, _secret_hash(secret))
             try:
                 store.put("token", token_id, 0, record.to_value())
@@ -311,6 +347,7 @@ class TokenService:
             "admin_token_id": issued.info.id,
             "at": self._now().isoformat(),
             "installation": installation,
+            "state_head": 1,  # covered by the signed state head from its first write
         }
         try:
             self._store.put(*_INIT_MARKER, 0, marker)
@@ -348,9 +385,20 @@ class TokenService:
             not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_TTL
         ):
             raise InvalidRequestError(f"ttl must be positive and at most {MAX_TTL.days} days")
+        expires_at = None if ttl is None else self._now() + ttl
+        ancestors: tuple[str, ...] = ()
         if issuer is not None:
             self._check_within(issuer, checked)
-        return self._issue(name, checked, None if ttl is None else self._now() + ttl)
+            if len(issuer.ancestors) >= MAX_DEPTH:
+                raise InvalidRequestError(f"tokens nest at most {MAX_DEPTH} issuers deep")
+            ancestors = (*issuer.ancestors, issuer.token_id)
+            if issuer.root and ttl is None and _is_full(checked):
+                ancestors = ()  # a root admin issues a peer root (so admins can be rotated)
+            if issuer.expires_at is not None and (
+                expires_at is None or expires_at > issuer.expires_at
+            ):
+                expires_at = issuer.expires_at  # a child never outlives its issuer
+        return self._issue(name, checked, expires_at, ancestors=ancestors)
 
     @staticmethod
     def _check_within(issuer: Principal, policies: tuple[TokenPolicy, ...]) -> None:
@@ -366,37 +414,58 @@ class TokenService:
                         f"token {issuer.token_id} cannot grant {op} beyond its own policies"
                     )
 
-    def read_token(self, token_id: str) -> TokenInfo:
-        """Metadata of one token (never its secret)."""
+    def read_token(self, token_id: str, caller: Principal | None = None) -> TokenInfo:
+        """Metadata of one token (never its secret); with `caller`, only one it governs
+        (any other reads as not found, so existence is not revealed either)."""
         found = self._get(self._check_id(token_id))
-        if found is None:
+        if found is None or (caller is not None and not caller.governs(found[1].info)):
             raise NotFoundError(f"token {token_id} not found")
         return found[1].info
 
-    def list_tokens(self, *, after: str = "", limit: int = 100) -> TokenPage:
-        """Token metadata by id, ascending, revoked ones included (with revoked_at)."""
+    def list_tokens(
+        self, *, after: str = "", limit: int = 100, caller: Principal | None = None
+    ) -> TokenPage:
+        """Token metadata by id, ascending, revoked ones included (with revoked_at); with
+        `caller`, only the tokens it governs, and `next_after` is always one of those."""
         if not isinstance(after, str) or len(after) > 16:
             raise InvalidRequestError("after must be a token id")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise InvalidRequestError("limit must be 1..1000")
-        ids = self._store.list_ids("token", after=after, limit=limit)
-        tokens = []
-        for token_id in ids:
-            found = self._get(token_id)
-            if found is not None:
+        tokens: list[TokenInfo] = []
+        more = False
+        scan = after
+        while True:
+            ids = self._store.list_ids("token", after=scan, limit=1000)
+            for token_id in ids:
+                found = self._get(token_id)
+                if found is None or (caller is not None and not caller.governs(found[1].info)):
+                    continue
+                if len(tokens) == limit:
+                    more = True
+                    break
                 tokens.append(found[1].info)
-        return TokenPage(tuple(tokens), ids[-1] if len(ids) == limit else None)
+            if more or len(ids) < 1000 or ids[-1] <= scan:
+                break
+            scan = ids[-1]
+        return TokenPage(tuple(tokens), tokens[-1].id if more else None)
 
-    def revoke_token(self, token_id: str) -> TokenInfo:
-        """Revoke for good: the token fails authentication from now on. Idempotent."""
+    def revoke_token(self, token_id: str, caller: Principal | None = None) -> TokenInfo:
+        """Revoke for good: the token and every token it issued (and theirs) fail
+        authentication from now on. Idempotent. With `caller`, only a token it governs; the
+        last full admin that never expires cannot be revoked (ConflictError)."""
         self._check_id(token_id)
         for _ in range(_CAS_RETRIES):
             found = self._get(token_id)
-            if found is None:
+            if found is None or (caller is not None and not caller.governs(found[1].info)):
                 raise NotFoundError(f"token {token_id} not found")
             version, record = found
             if record.info.revoked_at is not None:
                 return record.info
+            if self._is_root_admin(record.info) and not self._other_root_admin(token_id):
+                raise ConflictError(
+                    "the last full admin token that never expires cannot be revoked: issue "
+                    "another one first"
+                )
             revoked = replace(record, info=replace(record.info, revoked_at=self._now()))
             try:
                 self._store.put("token", token_id, version, revoked.to_value())
@@ -404,6 +473,42 @@ class TokenService:
                 continue
             return revoked.info
         raise ConflictError(f"token {token_id} is being changed concurrently; retry")
+
+    @staticmethod
+    def _is_root_admin(info: TokenInfo) -> bool:
+        """Every operation on every key, no expiry, no issuer: what `sys/init` issues."""
+        return info.expires_at is None and not info.ancestors and _is_full(info.policies)
+
+    def _other_root_admin(self, revoking: str) -> bool:
+        """Whether a live never-expiring full admin remains once `revoking` (and hence its
+        descendants) is revoked."""
+        after = ""
+        while True:
+            ids = self._store.list_ids("token", after=after, limit=1000)
+            for token_id in ids:
+                found = self._get(token_id)
+                if found is None or token_id == revoking:
+                    continue
+                info = found[1].info
+                if revoking in info.ancestors or info.revoked_at is not None:
+                    continue
+                if self._is_root_admin(info) and self._lineage_live(info):
+                    return True
+            if len(ids) < 1000 or ids[-1] <= after:
+                return False
+            after = ids[-1]
+
+    def _lineage_live(self, info: TokenInfo) -> bool:
+        """Every issuer above `info` still exists, unrevoked and unexpired."""
+        now = self._now()
+        for ancestor in info.ancestors:
+            found = self._get(ancestor)
+            if found is None:
+                return False
+            a = found[1].info
+            if a.revoked_at is not None or (a.expires_at is not None and a.expires_at <= now):
+                return False
+        return True
 
     @staticmethod
     def _check_id(token_id: object) -> str:
@@ -425,7 +530,16 @@ class TokenService:
             raise UnauthenticatedError("token revoked")
         if info.expires_at is not None and info.expires_at <= self._now():
             raise UnauthenticatedError("token expired")
-        return Principal(info.id, info.name, info.policies)
+        if info.ancestors and not self._lineage_live(info):
+            raise UnauthenticatedError("token revoked (an issuing token was revoked)")
+        return Principal(
+            info.id,
+            info.name,
+            info.policies,
+            info.ancestors,
+            info.expires_at,
+            root=self._is_root_admin(info),
+        )
 
     @staticmethod
     def allowed(principal: Principal, operation: str, key_name: str | None = None) -> bool:
