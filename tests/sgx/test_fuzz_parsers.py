@@ -40,7 +40,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "sgx"
+TESTDATA = Path(__file__).resolve().parents[1] / "vectors" / "sgx"
 
 
 def _quote(rel: str) -> bytes:
