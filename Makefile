@@ -16,7 +16,7 @@ $(BIN)/python:
 
 # Reinstall only when the dependency declarations change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,server]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -31,16 +31,17 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	bash scripts/ensure-postgres.sh
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
 	$(BIN)/python -m bench
 
 bench-quick: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
 	$(BIN)/python -m bench --quick
 
 demo: $(STAMP)

@@ -124,6 +124,7 @@ class Server:
     running: Running | None = None
     token: str = field(default="", repr=False)
     workers: int = 1
+    storage: str | None = None  # postgresql://... (default: the data directory's SQLite)
 
     def start(self) -> Running:
         assert self.running is None, "already running"
@@ -135,6 +136,7 @@ class Server:
                 observer=None if rec is None else rec.frame,
                 stderr_sink=None if rec is None else rec.stderr_line,
                 workers=self.workers,
+                storage=self.storage,
             )
         )
         return self.running
@@ -171,10 +173,15 @@ class Server:
 
 @contextmanager
 def served(
-    data_dir: Path, recorder: Recorder | None = None, *, init: bool = True, workers: int = 1
+    data_dir: Path,
+    recorder: Recorder | None = None,
+    *,
+    init: bool = True,
+    workers: int = 1,
+    storage: str | None = None,
 ) -> Iterator[Server]:
     """A started (and initialised) server on `data_dir`, stopped on exit whatever happens."""
-    server = Server(data_dir, recorder, workers=workers)
+    server = Server(data_dir, recorder, workers=workers, storage=storage)
     try:
         server.start()
         if init:

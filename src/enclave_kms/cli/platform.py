@@ -90,7 +90,7 @@ def _print_summary(platform: SimPlatform) -> None:
 
 
 @app.command()
-def init(
+def init(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     directory: DirOption = None,
     fmspc: Annotated[str, typer.Option(help="FMSPC (12 hex digits).")] = DEFAULT_FMSPC.hex(),
     cpu_svn: Annotated[
@@ -100,18 +100,29 @@ def init(
     tcb_scenario: Annotated[
         str, typer.Option(help=f"Initial TCB scenario ({_SCENARIOS}).")
     ] = TcbScenario.UP_TO_DATE.value,
+    root_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Another simulated platform whose root (and FMSPC, QE identity, TCB scenario) "
+            "this CPU shares, as real CPUs share Intel's; its own fuse secret and PCK are new."
+        ),
+    ] = None,
 ) -> None:
     """Create a simulated platform: fuse secret, PCK key, QE key and a simulated PKI."""
     if not 0 <= pce_svn < 1 << 16:
         raise UsageError("--pce-svn: must be 0..65535")
+    vendor = SimPlatform.open(root_from) if root_from is not None else None
     platform = SimPlatform.init(
         _dir(directory),
         fmspc=_hex(fmspc, "--fmspc", 6),
         cpu_svn=_hex(cpu_svn, "--cpu-svn", 16),
         pce_svn=pce_svn,
         scenario=TcbScenario.parse(tcb_scenario),
+        root_from=vendor,
     )
     typer.echo("Created a SIMULATED SGX platform (not a TEE: it protects nothing).")
+    if vendor is not None:
+        typer.echo(f"It shares the simulated root of {vendor.path} (another simulated CPU).")
     _print_summary(platform)
 
 

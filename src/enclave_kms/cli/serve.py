@@ -68,6 +68,12 @@ def serve(
     pccs_url: str | None = typer.Option(
         None, help="Hardware: the PCCS (or Intel PCS) base URL for collateral."
     ),
+    storage: str | None = typer.Option(
+        None,
+        help="Where records and the audit log live: postgresql://USER@HOST:PORT/DB or a SQLite "
+        "file (default DATA_DIR/kms.sqlite; env ENCLAVE_KMS_STORAGE). One server per database.",
+        show_default=False,
+    ),
     workers: int = typer.Option(
         1,
         help="Enclave worker processes sharing the store and the port (one core each; "
@@ -94,6 +100,7 @@ def serve(
         gramine_dir=gramine_dir,
         pccs_url=pccs_url,
         workers=workers,
+        storage=storage,
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)

@@ -32,7 +32,7 @@ from enclave_kms.edl_endpoint import FrameObserver
 from enclave_kms.errors import ConfigError, EnclaveKMSError, ImageError, PlatformError, UsageError
 from enclave_kms.host.launcher import EnclaveProcess
 from enclave_kms.host.ocalls import HostOcalls, PccsQuoting, SimQuoting
-from enclave_kms.host.storage.sqlite import SQLiteStorage
+from enclave_kms.host.storage import STORAGE_ENV, Storage, open_storage
 from enclave_kms.host.workers import MAX_WORKERS, ChangeRelay
 from enclave_kms.platform.image import EnclaveConfig, build_image, sign_image
 from enclave_kms.platform.sim.loader import LoadedImage, enclave_argv, load_image
@@ -57,6 +57,7 @@ class ServeOptions:
     gramine_dir: Path | None = None  # hardware: where enclave-kms.manifest.sgx lives
     pccs_url: str | None = None  # hardware: where collateral comes from
     workers: int = 1  # enclave processes sharing the store and the port (host/workers.py)
+    storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
 
 
 class DataDirLock:
@@ -91,7 +92,7 @@ class Served:
 
     url: str
     enclave: EnclaveProcess  # worker 0
-    storage: SQLiteStorage
+    storage: Storage
     info_path: Path
     identity: dict[str, Any]
     server_thread: threading.Thread
@@ -218,7 +219,7 @@ def _wait_listening(host: str, port: int, thread: threading.Thread, timeout: flo
 def launch_enclave(
     image: LoadedImage,
     platform: SimPlatform,
-    storage: SQLiteStorage,
+    storage: Storage,
     data_dir: Path,
     *,
     listen_host: str = "127.0.0.1",
@@ -316,7 +317,7 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
 def _start_gramine(
     options: ServeOptions, pccs_url: str, data_dir: Path, lock: DataDirLock
 ) -> GramineRunning:
-    storage = SQLiteStorage(data_dir / "kms.sqlite")
+    storage = _open_storage(options, data_dir)
     quoting = PccsQuoting(PccsClient(pccs_url))
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
@@ -348,12 +349,18 @@ def _start_gramine(
     )
 
 
+def _open_storage(options: ServeOptions, data_dir: Path) -> Storage:
+    """`--storage`, else $ENCLAVE_KMS_STORAGE, else the data directory's SQLite file."""
+    spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
+    return open_storage(spec)
+
+
 def _serve_workers(
     kind: type[S],
     options: ServeOptions,
     data_dir: Path,
     *,
-    storage: SQLiteStorage,
+    storage: Storage,
     lock: DataDirLock,
     launch: Launch,
     **extra: Any,
@@ -416,7 +423,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
     )
     root_path = data_dir / "sim-root.pem"
     root_path.write_bytes(platform.root_pem())
-    storage = SQLiteStorage(data_dir / "kms.sqlite")
+    storage = _open_storage(options, data_dir)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
         return launch_enclave(

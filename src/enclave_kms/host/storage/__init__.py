@@ -17,7 +17,7 @@ enclave worker); a version-1 database is migrated on open (its records are chain
 
 
 class Storage(Protocol):
-    """The small protocol every storage backend implements (SQLite is the one backend today)."""
+    """The small protocol every backend implements (SQLite by default, PostgreSQL for replicas)."""
 
     def get(self, kind: str, id: str) -> tuple[int, bytes] | None:
         """(version, blob) of a record, or None if absent."""
@@ -45,3 +45,29 @@ class Storage(Protocol):
         """The chains that hold records, ascending (one per enclave worker that wrote)."""
 
     def close(self) -> None: ...
+
+
+STORAGE_ENV = "ENCLAVE_KMS_STORAGE"
+"""Environment variable naming the storage when `--storage` is not given."""
+
+
+def open_storage(spec: str) -> Storage:
+    """`postgresql://USER@HOST:PORT/DB` opens PostgreSQL (psycopg, the `postgres` extra);
+    anything else is a SQLite file path. Each backend is imported only when chosen."""
+    if spec.startswith(("postgresql://", "postgres://")):
+        try:
+            from enclave_kms.host.storage.postgres import PostgresStorage
+        except ImportError:
+            from enclave_kms.errors import ConfigError
+
+            raise ConfigError(
+                "PostgreSQL storage needs psycopg: pip install 'enclave-kms[postgres]'"
+            ) from None
+        return PostgresStorage(spec)
+    if "://" in spec:
+        from enclave_kms.errors import ConfigError
+
+        raise ConfigError(f"--storage {spec!r}: expected postgresql://... or a SQLite file path")
+    from enclave_kms.host.storage.sqlite import SQLiteStorage
+
+    return SQLiteStorage(spec)

@@ -74,6 +74,10 @@ def cpu_svn_le(lhs: bytes, rhs: bytes) -> bool:
     return len(lhs) == len(rhs) and all(a <= b for a, b in zip(lhs, rhs, strict=True))
 
 
+_TD_REPORT_KEY_CONTEXT = b"\xffsimulated TDX report MAC key"
+"""KDF context of the TD report MAC key: no KEYREQUEST packs to these bytes."""
+
+
 def _cmac(key: bytes, data: bytes) -> cmac.CMAC:
     mac = cmac.CMAC(algorithms.AES(key))
     mac.update(data)
@@ -184,6 +188,21 @@ class SimCpu:
         key = self._report_key(target, self.report_key_id)
         mac = _cmac(key, body.to_bytes()).finalize()
         return Report(body=body, key_id=self.report_key_id, mac=mac)
+
+    def td_report_mac(self, body: bytes) -> bytes:
+        """The MAC the TDX module puts on a TDREPORT: under a CPU-internal key (no target:
+        TDX's EVERIFYREPORT2 lets any enclave on this CPU, the TD quoting enclave, check it)."""
+        return _cmac(self._derive(_TD_REPORT_KEY_CONTEXT + self.cpu_svn), body).finalize()
+
+    def verify_td_report(self, body: bytes, mac: bytes) -> None:
+        """EVERIFYREPORT2: the TD report was made by this CPU's TDX module and not altered."""
+        key = self._derive(_TD_REPORT_KEY_CONTEXT + self.cpu_svn)
+        try:
+            _cmac(key, body).verify(mac)
+        except InvalidSignature:
+            raise ReportMacError(
+                "TD report MAC does not verify: another CPU's report, or altered"
+            ) from None
 
     def verify_report(self, identity: EnclaveIdentity, report: Report) -> None:
         """What the target of a report does: EGETKEY(REPORT, report.key_id) and check the MAC."""

@@ -164,14 +164,14 @@ class SimPcs:
         self.validity = validity
         self.tcb_evaluation_data_number = tcb_evaluation_data_number
 
-    def _window(self, now: datetime) -> tuple[datetime, datetime]:
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
         issue = now.astimezone(UTC).replace(microsecond=0)
         return issue, issue + self.validity
 
     # ------------------------------------------------------------------ documents
 
     def tcb_info(self, now: datetime) -> ti.TcbInfo:
-        issue, next_update = self._window(now)
+        issue, next_update = self.window(now)
         return ti.TcbInfo(
             version=3,
             id="SGX",
@@ -185,7 +185,7 @@ class SimPcs:
         )
 
     def qe_identity(self, now: datetime) -> ti.EnclaveIdentity:
-        issue, next_update = self._window(now)
+        issue, next_update = self.window(now)
         attributes = bytes(
             a & m for a, m in zip(self.qe.attributes.to_bytes(), QE_ATTRIBUTES_MASK, strict=True)
         )
@@ -211,10 +211,10 @@ class SimPcs:
         )
 
     def root_crl(self, now: datetime) -> bytes:
-        return self.pki.root_crl(*self._window(now))
+        return self.pki.root_crl(*self.window(now))
 
     def pck_crl(self, now: datetime) -> bytes:
-        return self.pki.pck_crl(*self._window(now), revoke_pck=self.revoke_pck)
+        return self.pki.pck_crl(*self.window(now), revoke_pck=self.revoke_pck)
 
     # ------------------------------------------------------------------ shapes
 

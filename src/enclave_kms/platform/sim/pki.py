@@ -168,10 +168,26 @@ class SimPki:
     tcb_signing_cert: x509.Certificate
 
     @classmethod
-    def generate(cls, pck_extension: PckExtension, now: datetime) -> SimPki:
-        """A fresh PKI whose PCK leaf carries `pck_extension` (the platform's TCB and FMSPC)."""
+    def generate(
+        cls, pck_extension: PckExtension, now: datetime, *, shared: SimPki | None = None
+    ) -> SimPki:
+        """A fresh PKI whose PCK leaf carries `pck_extension` (the platform's TCB and FMSPC).
+
+        With `shared`, only the PCK key and leaf are new: the root, platform CA and TCB signing
+        certificate are `shared`'s, as every real CPU's PCK chains to Intel's one root."""
         start = now.astimezone(UTC).replace(microsecond=0) - BACKDATE
         keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in _KEY_NAMES}
+        if shared is not None:
+            return cls(
+                shared.root_key,
+                shared.root_cert,
+                shared.platform_ca_key,
+                shared.platform_ca_cert,
+                keys["pck"],
+                cls._pck_leaf(keys["pck"], shared.platform_ca_key, pck_extension, start),
+                shared.tcb_signing_key,
+                shared.tcb_signing_cert,
+            )
         root_name = _name(ROOT_CN)
         root = _certificate(
             subject=ROOT_CN,
@@ -195,19 +211,7 @@ class SimPki:
             path_length=0,
             is_ca=True,
         )
-        pck = _certificate(
-            subject=PCK_CN,
-            key=keys["pck"],
-            issuer=_name(PLATFORM_CA_CN),
-            issuer_key=keys["platform_ca"],
-            crl_url=PCK_CRL_URL,
-            not_before=start,
-            not_after=_years(start, 7),
-            path_length=None,
-            is_ca=False,
-            serial=x509.random_serial_number(),
-            sgx_extension=build_pck_extension(pck_extension),
-        )
+        pck = cls._pck_leaf(keys["pck"], keys["platform_ca"], pck_extension, start)
         tcb_signing = _certificate(
             subject=TCB_SIGNING_CN,
             key=keys["tcb_signing"],
@@ -228,6 +232,27 @@ class SimPki:
             pck,
             keys["tcb_signing"],
             tcb_signing,
+        )
+
+    @staticmethod
+    def _pck_leaf(
+        key: ec.EllipticCurvePrivateKey,
+        platform_ca_key: ec.EllipticCurvePrivateKey,
+        pck_extension: PckExtension,
+        start: datetime,
+    ) -> x509.Certificate:
+        return _certificate(
+            subject=PCK_CN,
+            key=key,
+            issuer=_name(PLATFORM_CA_CN),
+            issuer_key=platform_ca_key,
+            crl_url=PCK_CRL_URL,
+            not_before=start,
+            not_after=_years(start, 7),
+            path_length=None,
+            is_ca=False,
+            serial=x509.random_serial_number(),
+            sgx_extension=build_pck_extension(pck_extension),
         )
 
     # ------------------------------------------------------------------ chains

@@ -42,6 +42,13 @@ from enclave_kms.platform.sim.pcs import (
 )
 from enclave_kms.platform.sim.pki import SimPki
 from enclave_kms.platform.sim.qe import ProvisioningCertificationEnclave, QuotingEnclave
+from enclave_kms.platform.sim.tdx import (
+    TdIdentity,
+    TdQuotingEnclave,
+    TdxModule,
+    td_qe_identity,
+    tdx_collateral,
+)
 from enclave_kms.sgx.pck import SGX_TYPE_SCALABLE, PckConfiguration, PckExtension
 from enclave_kms.sgx.report import AttributeFlags, Attributes, Report, TargetInfo
 
@@ -260,6 +267,17 @@ class SimPlatform:
             pce_svn=config.pce_svn,
             qe_id=config.qe_id,
         )
+        self.tdx_module = TdxModule.for_vendor(config.qe_mr_enclave)
+        self.td_qe = TdQuotingEnclave(
+            self.cpu,
+            td_qe_identity(config.qe_identity),
+            attestation_key,
+            self.pce,
+            pki.pck_chain_pem(),
+            module=self.tdx_module,
+            pce_svn=config.pce_svn,
+            qe_id=config.qe_id,
+        )
 
     @staticmethod
     def file_names() -> tuple[str, ...]:
@@ -275,27 +293,36 @@ class SimPlatform:
         cpu_svn: bytes = DEFAULT_CPU_SVN,
         pce_svn: int = DEFAULT_PCE_SVN,
         scenario: TcbScenario = TcbScenario.UP_TO_DATE,
+        root_from: SimPlatform | None = None,
     ) -> SimPlatform:
-        """Create a new platform in `path` (which must not exist or be empty)."""
+        """Create a new platform in `path` (which must not exist or be empty).
+
+        `root_from`: another simulated CPU of the same simulated vendor. The new one gets its
+        own fuse secret, PCK key and certificate, attestation key, PPID and QE id, but shares
+        the root, platform CA, TCB signing key, FMSPC and the quoting/provisioning enclaves'
+        identities, as real CPUs of one model share Intel's: a policy naming that root trusts
+        both, and the collateral of one serves the other."""
         path = Path(path)
         created = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        vendor = root_from.config if root_from is not None else None
         config = PlatformConfig(
             created=created,
-            fmspc=fmspc,
+            fmspc=vendor.fmspc if vendor is not None else fmspc,
             pce_id=DEFAULT_PCE_ID,
             cpu_svn=cpu_svn,
             pce_svn=pce_svn,
-            tcb_scenario=scenario,
+            tcb_scenario=vendor.tcb_scenario if vendor is not None else scenario,
             qe_id=os.urandom(16),
             ppid=os.urandom(16),
             platform_instance_id=os.urandom(16),
-            qe_mr_enclave=os.urandom(32),
-            qe_mr_signer=os.urandom(32),
-            pce_mr_enclave=os.urandom(32),
-            pce_mr_signer=os.urandom(32),
+            qe_mr_enclave=vendor.qe_mr_enclave if vendor is not None else os.urandom(32),
+            qe_mr_signer=vendor.qe_mr_signer if vendor is not None else os.urandom(32),
+            pce_mr_enclave=vendor.pce_mr_enclave if vendor is not None else os.urandom(32),
+            pce_mr_signer=vendor.pce_mr_signer if vendor is not None else os.urandom(32),
         )
         try:
-            pki = SimPki.generate(config.pck_extension(), created)
+            shared = root_from.pki if root_from is not None else None
+            pki = SimPki.generate(config.pck_extension(), created, shared=shared)
         except FormatError as exc:
             raise PlatformError(f"platform init: {exc.message}") from None
         attestation_key = ec.generate_private_key(ec.SECP256R1())
@@ -384,6 +411,18 @@ class SimPlatform:
     def collateral(self, now: datetime, *, validity: timedelta = DEFAULT_VALIDITY) -> Collateral:
         """TCB Info, QE Identity and CRLs issued at `now`, valid for `validity`."""
         return self.pcs(validity=validity).collateral(now)
+
+    def tdx_collateral(
+        self, now: datetime, *, validity: timedelta = DEFAULT_VALIDITY
+    ) -> Collateral:
+        """TDX TCB Info, TD_QE identity and CRLs issued at `now`: for TD quotes."""
+        return tdx_collateral(
+            self.pcs(validity=validity), self.td_qe.identity, self.tdx_module, now
+        )
+
+    def td_quote(self, td: TdIdentity, report_data: bytes) -> bytes:
+        """The DCAP quote v4 a TD running as `td` gets for `report_data` on this CPU."""
+        return self.td_qe.quote(*self.td_qe.td_report(td, report_data))
 
     # ------------------------------------------------------------------ enclave side
 
