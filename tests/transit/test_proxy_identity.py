@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -132,25 +133,36 @@ def _addr(kms: RealKMS | Running) -> tuple[str, int]:
     return "127.0.0.1", int(kms.url.rsplit(":", 1)[1])
 
 
+@dataclass
+class Installation:
+    """A server that a test may restart in place (same data, port and options)."""
+
+    options: ServeOptions
+    running: Running
+
+    def restart(self) -> Running:
+        self.running.stop()
+        self.running = start(self.options)
+        return self.running
+
+
 @pytest.fixture(scope="module")
 def other_installation(
     transit: Transit, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Running]:
+) -> Iterator[Installation]:
     """Another genuine installation of the same enclave on the same (simulated) CPU: its
     own data, TLS key and tokens, evidence that verifies under the same root and policy."""
-    data_dir = tmp_path_factory.mktemp("other-kms") / "data"
-    running = start(
-        ServeOptions(
-            data_dir=data_dir,
-            port=free_port(),
-            platform_dir=transit.kms.data_dir / "platform",
-            image=transit.kms.data_dir / "image",  # the same signed enclave
-        )
+    options = ServeOptions(
+        data_dir=tmp_path_factory.mktemp("other-kms") / "data",
+        port=free_port(),
+        platform_dir=transit.kms.data_dir / "platform",
+        image=transit.kms.data_dir / "image",  # the same signed enclave
     )
+    installation = Installation(options, start(options))
     try:
-        yield running
+        yield installation
     finally:
-        running.stop()
+        installation.running.stop()
 
 
 async def _health(proxy: AttestingProxy) -> int:
@@ -182,7 +194,7 @@ def test_impostor_without_evidence_is_refused_for_good(transit: Transit, tmp_pat
 
 
 def test_another_genuine_installation_is_refused(
-    transit: Transit, other_installation: Running
+    transit: Transit, other_installation: Installation
 ) -> None:
     async def scenario() -> None:
         async with Relay(_addr(transit.kms)) as relay:
@@ -194,7 +206,7 @@ def test_another_genuine_installation_is_refused(
             try:
                 pinned = (await proxy.start()).spki_sha256
                 assert await _health(proxy) == 200
-                await relay.switch(_addr(other_installation))
+                await relay.switch(_addr(other_installation.running))
                 with pytest.raises(BindingError, match="identity changed"):
                     await _health(proxy)
                 assert proxy.server is not None
@@ -214,20 +226,13 @@ def test_the_proxy_listens_on_loopback_only() -> None:
 
 
 def test_a_restarted_server_with_the_same_identity_is_followed(
-    transit: Transit, tmp_path: Path
+    transit: Transit, other_installation: Installation
 ) -> None:
     """A restart re-issues the certificate (fresh evidence, same sealed TLS key): the proxy
-    attests again and keeps forwarding, without a person in the loop."""
-    options = ServeOptions(
-        data_dir=tmp_path / "data",
-        port=free_port(),
-        platform_dir=transit.kms.data_dir / "platform",
-        image=transit.kms.data_dir / "image",
-    )
-    running = start(options)
+    attests again if it must and keeps forwarding, without a person in the loop."""
 
-    async def scenario(first: Running) -> Running:
-        async with Relay(_addr(first)) as relay:
+    async def scenario() -> None:
+        async with Relay(_addr(other_installation.running)) as relay:
             proxy = AttestingProxy(
                 f"https://127.0.0.1:{relay.port}",
                 policy=transit.kms.policy,
@@ -236,18 +241,13 @@ def test_a_restarted_server_with_the_same_identity_is_followed(
             try:
                 before = await proxy.start()
                 assert await _health(proxy) == 200
-                first.stop()
-                again = await asyncio.to_thread(start, options)
+                again = await asyncio.to_thread(other_installation.restart)
                 await relay.switch(_addr(again))
                 assert await _health(proxy) == 200
                 assert proxy.refused is None
                 assert proxy.server is not None
                 assert proxy.server.spki_sha256 == before.spki_sha256
-                return again
             finally:
                 await proxy.close()
 
-    try:
-        running = asyncio.run(scenario(running))
-    finally:
-        running.stop()
+    asyncio.run(scenario())
