@@ -10,32 +10,31 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from enclave_kms.cli.config import PccsOpt, PolicyOpt, TrustRootOpt, resolve, write_private
+from enclave_kms.cli.config import connection, write_private
 
 app = typer.Typer()
 
 
 @app.callback(invoke_without_command=True)
 def proxy(
+    ctx: typer.Context,
     url: str = typer.Argument(..., help="The KMS server, https://HOST:PORT."),
     *,
     listen: str = typer.Option(
         "127.0.0.1:8200", help="Loopback HOST:PORT to serve plain HTTP on (Vault's port)."
     ),
-    policy: PolicyOpt = None,
-    trust_root: TrustRootOpt = None,
-    pccs: PccsOpt = None,
     certificate_out: Path | None = typer.Option(
         None, help="Also write the attested certificate (PEM) here, for clients that pin it."
     ),
 ) -> None:
     """Attest the server against the policy, pin it, and forward local requests over the
-    pinned connection; refuse to forward once the server's identity changes."""
+    pinned connection; refuse to forward once the server's identity changes. The policy,
+    trust root and PCCS are the root's connection options (`--policy P` etc.)."""
     from enclave_kms.attestation.sources import PccsClient
     from enclave_kms.client.proxy import AttestingProxy, ProxyApp, loopback_listen, server_config
 
     host, port = loopback_listen(listen)
-    settings = resolve(url=url, policy=policy, trust_root=trust_root, pccs=pccs)
+    settings = connection(ctx, url=url)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     console = Console(highlight=False, stderr=True)
 
