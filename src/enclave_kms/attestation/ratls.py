@@ -54,6 +54,7 @@ from enclave_kms.errors import (
     FormatError,
     SignatureError,
     UnsupportedFormatError,
+    UsageError,
 )
 from enclave_kms.sgx.oe import OeEvidence, parse_oe_report
 from enclave_kms.sgx.quote import parse_quote
@@ -412,15 +413,18 @@ def check_ratls_binding(cert: RaTlsCertificate, evidence: RaTlsEvidence) -> None
 
 
 def verify_ratls_certificate(
-    data: bytes | x509.Certificate, *, now: datetime | None = None
+    data: bytes | x509.Certificate, *, now: datetime
 ) -> tuple[bytes, RaTlsForm]:
-    """Self-signature, optional validity at `now`, evidence extraction and key binding.
+    """Self-signature, validity at `now` (required: never skipped), evidence extraction and
+    key binding.
 
     Returns the DCAP quote bytes and the form; the caller verifies the quote and the policy.
     """
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise UsageError("verify_ratls_certificate: now must be a timezone-aware datetime")
     cert = RaTlsCertificate.parse(data)
     cert.verify_self_signature()
-    if now is not None and not cert.not_before <= now <= cert.not_after:
+    if not cert.not_before <= now <= cert.not_after:
         raise CertificateChainError(
             f"certificate is outside its validity ({cert.not_before.isoformat()} to "
             f"{cert.not_after.isoformat()})",
