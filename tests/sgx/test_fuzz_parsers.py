@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,6 +30,7 @@ from enclave_kms.sgx.quote import QuoteHeader, parse_quote
 from enclave_kms.sgx.report import Report, ReportBody, TargetInfo
 from enclave_kms.sgx.tdx import TdReport10, TdReport15
 from enclave_kms.sgx.tutorial import EnclaveInfo
+from tests.conftest import SGX_TESTDATA
 from tests.sgx.vectors import read_quote_file
 
 SETTINGS = settings(
@@ -40,7 +40,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "sgx"
+TESTDATA = SGX_TESTDATA  # the self-contained vectors (tests/vectors/sgx)
 
 
 def _quote(rel: str) -> bytes:

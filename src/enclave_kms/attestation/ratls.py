@@ -171,7 +171,7 @@ _PARSE = "ratls_certificate"
 def _decode(data: bytes, spec: univ.Asn1Item, what: str) -> univ.Asn1Item:
     try:
         value, rest = der_decoder.decode(data, asn1Spec=spec)
-    except (PyAsn1Error, ValueError, TypeError, IndexError) as exc:
+    except (PyAsn1Error, ValueError, TypeError, IndexError, OverflowError) as exc:
         raise FormatError(f"{what}: not valid DER ({type(exc).__name__})", step=_PARSE) from None
     if rest:
         raise FormatError(f"{what}: {len(rest)} bytes after the DER structure", step=_PARSE)

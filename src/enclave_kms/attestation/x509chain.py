@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
@@ -40,21 +40,13 @@ from enclave_kms.errors import (
     SimulatedRootError,
     UntrustedRootError,
 )
+from enclave_kms.sgx.pck import X509_ERRORS
 
 # Intel chains have 2 or 3 certificates; anything much longer is not Intel's PKI.
 MAX_CHAIN_LENGTH = 5
 
 # Everything `cryptography` raises on bad input (some fields are decoded lazily, on access).
-CRYPTO_ERRORS = (
-    ValueError,
-    TypeError,
-    UnicodeError,
-    InvalidSignature,
-    UnsupportedAlgorithm,
-    x509.DuplicateExtension,
-    x509.InvalidVersion,
-    x509.UnsupportedGeneralNameType,
-)
+CRYPTO_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, InvalidSignature)
 
 
 def common_name(name: x509.Name) -> str:
