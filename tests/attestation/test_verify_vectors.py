@@ -262,11 +262,15 @@ def test_phala_tdx_quote(sgx_testdata: Path) -> None:
     assert result.quote.trailing == bytes(70)
 
 
-def test_phala_tdx_quote_v5_is_unsupported(sgx_testdata: Path) -> None:
+def test_phala_tdx_quote_v5_verifies_up_to_its_tcb_level(sgx_testdata: Path) -> None:
+    """Issue 17 defect 8: quote v5 (TDX 1.5 body, type 3) used to be refused as unsupported.
+    It now verifies through the PCK chain, CRLs, collateral, QE report and quote signature
+    (over header + body descriptor + body) and stops where SOURCES.md says: no SGX TCB level
+    matches this "outdated" platform (component 8 is 3 < 5 in every level)."""
     v = phala_tdx_v5(sgx_testdata)
-    with pytest.raises(UnsupportedFormatError, match="version 5") as info:
+    with pytest.raises(TcbLevelError, match="no TCB level matches") as info:
         v.verify()
-    assert info.value.step == "parse"
+    assert info.value.step == "tcb_level"
     # dcap-qvl reads v5 but finds no TCB level, so it rejects the quote too.
     theirs = second_opinion.run_dcap_qvl(v.quote, v.collateral, trust_root=INTEL, now=v.now)
     assert not theirs.accepted

@@ -260,9 +260,7 @@ def parse_and_check_quote(quote: bytes | Quote) -> Quote:
     """Parse (if needed) and check the header fields a verifier depends on."""
     parsed = quote if isinstance(quote, Quote) else parse_quote(quote)
     header = parsed.header
-    if header.version == 5:
-        raise UnsupportedFormatError("quote version 5 is not supported (3 and 4 are)")
-    if header.version not in (3, 4):
+    if header.version not in (3, 4, 5):
         raise UnsupportedFormatError(f"quote version {header.version} is not supported")
     if header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise UnsupportedFormatError(
