@@ -46,6 +46,7 @@ def test_real_td_quotes_pass_every_collateral_free_step(
     assert (quote.version, type(quote.body)) == (version, body)
     _collateral_free_steps(quote)
     # Flip one byte of the TD's MRTD: the quote signature (over the v5 descriptor too) breaks.
+    assert isinstance(quote.body, TdReport10)
     offset = raw.find(quote.body.mr_td)
     assert offset > 0
     bad = parse_quote(raw[:offset] + bytes([raw[offset] ^ 1]) + raw[offset + 1 :])
