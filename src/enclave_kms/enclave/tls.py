@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from enclave_kms.attestation import dice
 from enclave_kms.attestation.ratls import make_ratls_certificate
 from enclave_kms.errors import PlatformError
 
@@ -89,6 +90,11 @@ def issue_identity(
 ) -> TlsIdentity:
     """A fresh RA-TLS certificate for `key`, with evidence from `quote_for(report_data)`."""
     quote = quote_for(report_data_for_spki(spki_der(key)))
+    # TCG DICE tagged evidence beside the legacy quote, as Gramine >= 1.8 (its own quote binds
+    # the claims, which bind the key), so DICE-only RA-TLS verifiers accept us too.
+    claims = dice.claims_for(spki_der(key))
+    bound = hashlib.sha256(claims).digest().ljust(64, b"\0")
+    tagged = dice.build_tagged_evidence(quote_for(bound), claims)
     cert = make_ratls_certificate(
         key,
         quote,
@@ -96,6 +102,7 @@ def issue_identity(
         not_before=now - timedelta(minutes=5),
         not_after=now + CERT_LIFETIME,
         dns_names=dns_names,
+        tagged_evidence=tagged,
     )
     return TlsIdentity(key, cert, quote)
 
