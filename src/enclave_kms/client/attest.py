@@ -42,7 +42,11 @@ from enclave_kms.attestation.cache import VerificationCache
 from enclave_kms.attestation.collateral import load_collateral
 from enclave_kms.attestation.evidence import EvidenceForm
 from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy, require_identity
-from enclave_kms.attestation.ratls import RaTlsCertificate, verify_ratls_certificate
+from enclave_kms.attestation.ratls import (
+    RaTlsCertificate,
+    extract_evidence,
+    verify_ratls_certificate,
+)
 from enclave_kms.attestation.sources import CollateralSource
 from enclave_kms.attestation.types import Collateral, TrustRoot, VerifiedQuote
 from enclave_kms.errors import (
@@ -199,9 +203,11 @@ class AttestedServer:
         return out
 
     def enclave_info(self) -> EnclaveInfo:
-        """The tutorial's enclave-info JSON for the certificate's evidence: QuoteHex is the
-        quote, EnclaveHeldDataHex the certificate's DER SPKI (report_data[0:32] hashes it)."""
-        return EnclaveInfo.from_report(self.verified.quote, self.certificate.spki_der)
+        """The tutorial's enclave-info JSON for the certificate's appraised evidence: QuoteHex
+        is the quote, EnclaveHeldDataHex what its report_data[0:32] hashes (the DICE claims
+        naming the key, or the DER SPKI for a legacy-only certificate)."""
+        held = extract_evidence(self.certificate).held_data
+        return EnclaveInfo.from_report(self.verified.quote, held)
 
 
 def begin(
