@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 PORT   ?= 8443
 DATA   ?= data
 
-.PHONY: run test lint typecheck unit bench bench-quick demo clean
+.PHONY: run test lint typecheck unit bench bench-quick demo fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
 	$(BIN)/python -m bench --quick
+
+# Coverage-guided fuzzing (atheris) of every parser and the EDL decoder, bounded by time:
+# FUZZ_SECONDS per target (default 60). Not part of `make test` (a short run is, via pytest).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := quote evidence ratls collateral tcb_info qe_identity edl dice
+fuzz: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,postgres,fuzz]'
+	set -e; for t in $(FUZZ_TARGETS); do $(BIN)/python -m tests.fuzz $$t $(FUZZ_SECONDS); done
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -99,6 +99,7 @@ def _pinned_policy(url: str, root: TrustRoot) -> Policy:
     """What `enclave-kms policy from-server` writes: verify everything, accept the enclave
     found, then pin it (and name the simulated root)."""
     observe = Policy(
+        any_enclave_unsafe=True,
         allow_debug=True,
         accepted_tcb_statuses=tuple(TcbStatus),
         simulated_root=root.spki_sha256 if root.simulated else None,

@@ -323,6 +323,7 @@ class Frame:
     body: Mapping[str, Any] | None = None
     code: str = ""
     message: str = ""
+    detail: Mapping[str, Any] | None = None  # err frames: the error's step and violations
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -335,6 +336,8 @@ def encode_frame(frame: Frame) -> bytes:
     else:
         payload["code"] = frame.code
         payload["message"] = frame.message
+        if frame.detail:
+            payload["detail"] = dict(frame.detail)
     data = cbor2.dumps(payload)
     if len(data) > MAX_FRAME:
         raise BoundaryError(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
@@ -367,10 +370,11 @@ def decode_frame(payload: bytes) -> Frame:
         "ret": {"id", "t", "res"},
         "err": {"id", "t", "code", "message"},
     }
-    if t not in expected:
-        raise BoundaryError(f"unknown frame type {t!r}")
-    if set(obj) != expected[t]:
-        raise BoundaryError(f"{t} frame has fields {sorted(map(str, obj))}")
+    if not isinstance(t, str) or t not in expected:  # an unhashable `t` must not TypeError
+        raise BoundaryError(f"unknown frame type {str(t)[:32]!r}")
+    fields = set(obj) - ({"detail"} if t == "err" else set())
+    if fields != expected[t]:
+        raise BoundaryError(f"{t} frame has fields {sorted(map(str, obj))[:8]}")
     if t == "call":
         if not isinstance(obj["fn"], str) or not isinstance(obj["args"], dict):
             raise BoundaryError("call frame needs fn: str and args: map")
@@ -383,4 +387,23 @@ def decode_frame(payload: bytes) -> Frame:
         raise BoundaryError("err frame needs code and message strings")
     if len(obj["code"]) > 64 or len(obj["message"]) > 4 * _KiB:
         raise BoundaryError("err frame fields exceed their bounds")
-    return Frame(fid, "err", code=obj["code"], message=obj["message"])
+    return Frame(fid, "err", code=obj["code"], message=obj["message"], detail=_detail(obj))
+
+
+def _detail(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """An err frame's optional structured detail: `step` (str) and `violations` (strings)."""
+    if "detail" not in obj:
+        return None
+    detail = obj["detail"]
+    if not isinstance(detail, dict) or not set(detail) <= {"step", "violations"}:
+        raise BoundaryError("err frame detail must be a map of step and violations")
+    step, violations = detail.get("step"), detail.get("violations")
+    if step is not None and (not isinstance(step, str) or len(step) > 64):
+        raise BoundaryError("err frame detail step must be a short string")
+    if violations is not None and (
+        not isinstance(violations, list)
+        or len(violations) > 64
+        or not all(isinstance(v, str) and len(v) <= 1024 for v in violations)
+    ):
+        raise BoundaryError("err frame detail violations must be a short list of strings")
+    return detail

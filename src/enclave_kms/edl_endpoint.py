@@ -50,18 +50,31 @@ class RemoteError(EnclaveKMSError):
         self.code = code
 
 
-def error_from_frame(code: str, message: str) -> EnclaveKMSError:
-    """Rebuild the typed error an `err` frame names (the EDL's one error mapping).
+def error_detail(exc: EnclaveKMSError) -> dict[str, Any] | None:
+    """The structured fields an `err` frame carries beside code and message."""
+    detail: dict[str, Any] = {}
+    if isinstance(exc, errors.AttestationError):
+        detail["step"] = str(exc.step)[:64]
+    if isinstance(exc, errors.PolicyError):
+        detail["violations"] = [v[:1024] for v in exc.violations[:64]]
+    return detail or None
 
-    Only code and message cross the boundary; structured fields (policy violations, the two
-    verifiers' answers) are carried inside the message text.
-    """
+
+def error_from_frame(
+    code: str, message: str, detail: Mapping[str, Any] | None = None
+) -> EnclaveKMSError:
+    """Rebuild the typed error an `err` frame names (the EDL's one error mapping), with its
+    step (attestation errors) and violations (policy errors) when the frame carries them."""
     for cls in _subclasses(EnclaveKMSError):
         if cls.code == code and cls is not RemoteError:
             exc = cls.__new__(cls)
             EnclaveKMSError.__init__(exc, message)
             if isinstance(exc, errors.PolicyError):
-                exc.violations = (message,)
+                violations = (detail or {}).get("violations")
+                exc.violations = tuple(violations) if violations else (message,)
+                exc.subject = None
+            if isinstance(exc, errors.AttestationError) and (detail or {}).get("step"):
+                exc.step = str((detail or {})["step"])
             return exc
     return RemoteError(code, message)
 
@@ -180,8 +193,12 @@ class Endpoint:
                     self._observer("recv", header + payload)
                 self._on_frame(edl.decode_frame(payload))
         except BoundaryError as exc:
+            # Close *before* reporting: in the enclave, logging is the `log` OCALL, whose reply
+            # only this (reader) thread could read, so reporting first would wait on itself.
+            self.close()
             log.error("EDL channel closed: %s", exc.message)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a frame provokes, close cleanly
+            self.close()
             log.error("EDL channel read failed: %s", type(exc).__name__)
         finally:
             self.close()
@@ -200,7 +217,7 @@ class Endpoint:
         if frame.t == "ret":
             fut.set_result(frame.body or {})
         else:
-            fut.set_exception(error_from_frame(frame.code, frame.message))
+            fut.set_exception(error_from_frame(frame.code, frame.message, frame.detail))
 
     def _serve(self, frame: edl.Frame) -> None:
         try:
@@ -209,7 +226,9 @@ class Endpoint:
             result = self._handlers[frame.fn](**args) or {}
             reply = edl.Frame(frame.id, "ret", body=decl.check(result, "out"))
         except EnclaveKMSError as exc:
-            reply = edl.Frame(frame.id, "err", code=exc.code, message=exc.message[:4000])
+            reply = edl.Frame(
+                frame.id, "err", code=exc.code, message=exc.message[:4000], detail=error_detail(exc)
+            )
         except Exception:
             log.exception("unexpected failure in %s %s", self._serves, frame.fn)
             reply = edl.Frame(frame.id, "err", code="internal", message="internal error")

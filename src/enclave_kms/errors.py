@@ -136,17 +136,37 @@ class VerifierDisagreementError(AttestationError):
 
 
 class CollateralError(AttestationError):
-    """Collateral is missing, malformed or cannot be fetched."""
+    """Collateral is unusable. The class itself means *invalid*: present but malformed, not
+    the one the quote needs, or not correctly signed. The subclasses below are the other two
+    kinds: could not be obtained, or outside its validity window at `now`."""
 
-    code = "collateral_unavailable"
+    code = "collateral_invalid"
     step = "collateral"
 
 
-class CollateralExpiredError(CollateralError):
+class CollateralUnavailableError(CollateralError):
+    """Collateral could not be obtained (PCCS/PCS unreachable, HTTP error, not in the cache)."""
+
+    code = "collateral_unavailable"
+
+
+class CollateralWindowError(CollateralError):
     """Collateral (TCB Info, QE Identity, CRL) is outside its validity window at `now`."""
 
-    code = "collateral_expired"
+    code = "collateral_outside_window"
     step = "collateral_freshness"
+
+
+class CollateralExpiredError(CollateralWindowError):
+    """`now` is after the collateral's nextUpdate."""
+
+    code = "collateral_expired"
+
+
+class CollateralNotYetValidError(CollateralWindowError):
+    """`now` is before the collateral's issueDate / thisUpdate."""
+
+    code = "collateral_not_yet_valid"
 
 
 # --------------------------------------------------------------------------- policy
@@ -157,8 +177,10 @@ class PolicyError(EnclaveKMSError):
 
     code = "policy_violation"
 
-    def __init__(self, violations: Sequence[str]) -> None:
+    def __init__(self, violations: Sequence[str], *, subject: object | None = None) -> None:
         self.violations = tuple(violations)
+        # The verified result the policy was applied to (from `appraise`), for display only.
+        self.subject = subject
         super().__init__("policy not met: " + "; ".join(self.violations))
 
 

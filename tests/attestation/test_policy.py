@@ -17,8 +17,10 @@ from enclave_kms.attestation.policy import (
     DEFAULT_POLICY,
     Policy,
     check_binding,
+    require_identity,
     validate,
 )
+from enclave_kms.attestation.tdx_policy import TdxRules
 from enclave_kms.attestation.types import (
     INTEL_SGX_ROOT_SPKI_SHA256,
     TcbStatus,
@@ -28,11 +30,13 @@ from enclave_kms.attestation.types import (
 from enclave_kms.attestation.verify import verify_quote
 from enclave_kms.errors import ConfigError, EnclaveKMSError, PolicyError
 from enclave_kms.sgx.quote import parse_quote
+from enclave_kms.sgx.tdx import TdReport10
 
 # coco-trustee/occlum_quote.dat (SOURCES.md): a DEBUG enclave with these exact fields.
 OCCLUM_MR_ENCLAVE = "8f173e4613ff05c52aaf04162d234edae8c9977eae47eb2299ae16a553011c68"
 OCCLUM_MR_SIGNER = "83d719e77deaca1470f6baf62a4d774303c899db69020f9c70ee1dfc08c7ce9e"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+PINNED = Policy(mr_enclave=(bytes.fromhex(OCCLUM_MR_ENCLAVE),))  # identity is required
 
 
 def verified_from(
@@ -212,14 +216,32 @@ def test_validate_accepts_only_verified_quotes(occlum: bytes) -> None:
         validate(verified_from(occlum), {"allow_debug": True})  # type: ignore[arg-type]
 
 
-def test_debug_enclave_fails_default_policy_and_passes_with_allow_debug(occlum: bytes) -> None:
+def test_a_policy_without_identity_accepts_nothing(occlum: bytes, sgx_testdata: Path) -> None:
+    """Issue 17 defect 1: the default policy used to accept any genuine enclave."""
+    sgx = verified_from(occlum)
+    tdx = verified_from((sgx_testdata / "phala-dcap-qvl" / "tdx_quote").read_bytes())
+    for verified in (sgx, tdx):
+        for policy in (DEFAULT_POLICY, Policy(allow_debug=True), Policy(mr_signer=bytes(32))):
+            with pytest.raises(PolicyError, match="pins no enclave identity"):
+                validate(verified, policy)
+    with pytest.raises(ConfigError, match="pins no enclave identity"):
+        require_identity(DEFAULT_POLICY)
+    # Only under its unsafe name does "any genuine enclave" pass.
+    validate(tdx, Policy(any_enclave_unsafe=True))
+    validate(sgx, Policy(any_enclave_unsafe=True, allow_debug=True))
+    unsafe = Policy.from_toml("any_enclave_unsafe = true\nallow_debug = true\n")
+    assert unsafe.any_enclave_unsafe
+    assert Policy.from_toml(unsafe.to_toml()) == unsafe
+
+
+def test_debug_enclave_fails_a_pinned_policy_and_passes_with_allow_debug(occlum: bytes) -> None:
     verified = verified_from(occlum)
     assert verified.debug
     with pytest.raises(PolicyError) as exc:
-        validate(verified, DEFAULT_POLICY)
+        validate(verified, PINNED)
     assert len(exc.value.violations) == 1
     assert exc.value.violations[0].startswith("debug")
-    validate(verified, Policy(allow_debug=True))
+    validate(verified, replace(PINNED, allow_debug=True))
 
 
 def test_every_violation_is_reported_at_once(occlum: bytes) -> None:
@@ -252,7 +274,7 @@ def test_every_violation_is_reported_at_once(occlum: bytes) -> None:
         "advisory INTEL-SA-00289",
         "(policy)",
         "(caller)",
-        "simulated root",
+        "not Intel's production root",
     ):
         assert sum(needle in line for line in v) == 1, needle
     assert len(v) == 11
@@ -275,7 +297,7 @@ def test_matching_identity_passes(occlum: bytes) -> None:
 
 def test_report_data_is_compared_as_prefix_or_whole(occlum: bytes) -> None:
     verified = verified_from(occlum)
-    relaxed = Policy(allow_debug=True)
+    relaxed = replace(PINNED, allow_debug=True)
     validate(verified, relaxed, report_data=b"te")
     validate(verified, relaxed, report_data=b"test" + bytes(60))
     for wrong in (b"tesu", b"test" + bytes(59) + b"\x01"):
@@ -288,23 +310,25 @@ def test_report_data_is_compared_as_prefix_or_whole(occlum: bytes) -> None:
 def test_simulated_root_needs_to_be_named(occlum: bytes) -> None:
     root = "5a" * 32
     verified = verified_from(occlum, simulated_root=True, root=root)
-    with pytest.raises(PolicyError, match="simulated root"):
-        validate(verified, Policy(allow_debug=True))
-    with pytest.raises(PolicyError, match="simulated root"):
-        validate(verified, Policy(allow_debug=True, simulated_root="a5" * 32))
-    validate(verified, Policy(allow_debug=True, simulated_root=root.upper()))
+    debug_ok = replace(PINNED, allow_debug=True)
+    with pytest.raises(PolicyError, match="not Intel's production root"):
+        validate(verified, debug_ok)
+    with pytest.raises(PolicyError, match="not Intel's production root"):
+        validate(verified, replace(debug_ok, simulated_root="a5" * 32))
+    validate(verified, replace(debug_ok, simulated_root=root.upper()))
     # Naming a simulated root adds trust; it does not take away the production root.
-    validate(verified_from(occlum), Policy(allow_debug=True, simulated_root=root))
+    validate(verified_from(occlum), replace(debug_ok, simulated_root=root))
 
 
 def test_real_sgx_quote_status_and_advisories(phala_verified: VerifiedQuote) -> None:
     assert phala_verified.tcb_status is TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED
+    pinned = Policy(mr_enclave=(phala_verified.mr_enclave,))
     with pytest.raises(PolicyError) as exc:
-        validate(phala_verified, DEFAULT_POLICY)
+        validate(phala_verified, pinned)
     assert exc.value.violations == (
         "tcb_status ConfigurationAndSWHardeningNeeded is not accepted (accepted: UpToDate)",
     )
-    accepting = Policy(accepted_tcb_statuses=tuple(TcbStatus))
+    accepting = replace(pinned, accepted_tcb_statuses=tuple(TcbStatus))
     validate(phala_verified, accepting)
     with pytest.raises(PolicyError) as exc:
         validate(phala_verified, replace(accepting, rejected_advisories=("INTEL-SA-00615",)))
@@ -316,13 +340,17 @@ def test_real_sgx_quote_status_and_advisories(phala_verified: VerifiedQuote) -> 
 def test_tdx_quote_has_no_sgx_identity(sgx_testdata: Path) -> None:
     verified = verified_from((sgx_testdata / "phala-dcap-qvl" / "tdx_quote").read_bytes())
     assert not verified.quote.body.debug  # type: ignore[union-attr]
-    validate(verified, DEFAULT_POLICY)
+    with pytest.raises(PolicyError, match="pins no enclave identity"):
+        validate(verified, DEFAULT_POLICY)
     with pytest.raises(PolicyError) as exc:
         validate(verified, Policy(mr_enclave=(bytes(32),), isv_prod_id=0))
     assert exc.value.violations == (
         "mr_enclave: a TDX quote has no SGX enclave identity",
         "isv_prod_id: a TDX quote has no SGX enclave identity",
     )
+    body = verified.quote.body
+    assert isinstance(body, TdReport10)
+    validate(verified, Policy(tdx=TdxRules(mr_td=(body.mr_td,))))
 
 
 def test_policy_error_is_an_enclave_kms_error() -> None:

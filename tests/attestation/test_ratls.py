@@ -46,6 +46,7 @@ from enclave_kms.sgx.oe import build_oe_report
 
 NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
 NOT_AFTER = datetime(2026, 1, 1, tzinfo=UTC)
+INSIDE = NOT_BEFORE + timedelta(days=1)  # validity is always checked: a time inside it
 REPORT_DATA_OFFSET = 48 + 320  # quote header + offset of report_data in the SGX report body
 
 
@@ -142,7 +143,7 @@ def test_real_quote_for_another_key_is_a_binding_error(
     key: ec.EllipticCurvePrivateKey, quote: bytes
 ) -> None:
     with pytest.raises(BindingError) as exc:
-        verify_ratls_certificate(make(key, quote))
+        verify_ratls_certificate(make(key, quote), now=INSIDE)
     assert exc.value.step == "ratls_binding"
     assert "another key" in exc.value.message
 
@@ -162,7 +163,7 @@ def test_binding_is_not_authenticity(
 ) -> None:
     """A forged binding passes the certificate checks; the quote verification then fails."""
     bound = with_report_data(quote, expected_report_data_for(key.public_key()))
-    quote_bytes, _form = verify_ratls_certificate(make(key, bound))
+    quote_bytes, _form = verify_ratls_certificate(make(key, bound), now=INSIDE)
     collateral = (sgx_testdata / "phala-dcap-qvl" / "sgx_quote_collateral.json").read_bytes()
     with pytest.raises(SignatureError) as exc:
         verify_quote(
@@ -201,7 +202,7 @@ def test_altered_certificate_fails_its_self_signature(
     at = bytes(der).find(quote[:64]) + 100  # a byte of the embedded quote, inside the TBS
     der[at] ^= 0x01
     with pytest.raises(SignatureError) as exc:
-        verify_ratls_certificate(bytes(der))
+        verify_ratls_certificate(bytes(der), now=INSIDE)
     assert exc.value.step == "ratls_self_signature"
 
 
@@ -228,14 +229,14 @@ def test_certificate_signed_by_another_key_fails(
         .sign(other, hashes.SHA256())
     )
     with pytest.raises(SignatureError, match="self-signature"):
-        verify_ratls_certificate(cert)
+        verify_ratls_certificate(cert, now=INSIDE)
 
 
 @pytest.mark.parametrize("name", ["sgx_cert_ec_bad.der", "sgx_cert_rsa_bad.der"])
 def test_open_enclave_bad_certificates_are_rejected(sgx_testdata: Path, name: str) -> None:
     data = (sgx_testdata / "openenclave-tests" / name).read_bytes()
     with pytest.raises(SignatureError) as exc:
-        verify_ratls_certificate(data)
+        verify_ratls_certificate(data, now=INSIDE)
     assert exc.value.step == "ratls_self_signature"
     # The evidence itself is well formed and follows OE's binding rule (SHA-256 of the PEM
     # public key with its NUL): what is broken is the signature (and the quote's PCK chain).
@@ -255,7 +256,7 @@ def test_certificate_without_evidence(sgx_testdata: Path) -> None:
     root = (sgx_testdata / "phala-dcap-qvl" / "TrustedRootCA.der").read_bytes()
     RaTlsCertificate.parse(root).verify_self_signature()  # Intel's root is validly self-signed
     with pytest.raises(AttestationError) as exc:
-        verify_ratls_certificate(root)
+        verify_ratls_certificate(root, now=INSIDE)
     assert exc.value.step == "ratls_evidence"
     assert "no attestation evidence" in exc.value.message
 
@@ -265,7 +266,7 @@ def test_two_evidence_extensions_are_ambiguous(
 ) -> None:
     cert = cert_with(key, [(GRAMINE_QUOTE_OID, quote), (OE_REPORT_OID, build_oe_report(quote))])
     with pytest.raises(FormatError, match="several evidence extensions"):
-        verify_ratls_certificate(cert)
+        verify_ratls_certificate(cert, now=INSIDE)
 
 
 @pytest.mark.parametrize(
@@ -278,7 +279,7 @@ def test_two_evidence_extensions_are_ambiguous(
 )
 def test_not_a_certificate(data: bytes) -> None:
     with pytest.raises(FormatError) as exc:
-        verify_ratls_certificate(data)
+        verify_ratls_certificate(data, now=INSIDE)
     assert exc.value.step == "ratls_certificate"
 
 
@@ -289,10 +290,10 @@ def test_oe_report_form_binds_the_pem_key(key: ec.EllipticCurvePrivateKey, quote
     bound = with_report_data(quote, hashlib.sha256(oe_pem(key)).digest())
     for oid in (OE_REPORT_OID, OE_REPORT_OID_LEGACY):
         cert = cert_with(key, [(oid, build_oe_report(bound))])
-        assert verify_ratls_certificate(cert) == (bound, RaTlsForm.OE_REPORT)
+        assert verify_ratls_certificate(cert, now=INSIDE) == (bound, RaTlsForm.OE_REPORT)
     # The Gramine rule (DER SPKI) is not the OE rule: the same quote in a Gramine extension fails.
     with pytest.raises(BindingError):
-        verify_ratls_certificate(cert_with(key, [(GRAMINE_QUOTE_OID, bound)]))
+        verify_ratls_certificate(cert_with(key, [(GRAMINE_QUOTE_OID, bound)]), now=INSIDE)
 
 
 def test_oe_evidence_form(key: ec.EllipticCurvePrivateKey, quote: bytes) -> None:
@@ -300,7 +301,7 @@ def test_oe_evidence_form(key: ec.EllipticCurvePrivateKey, quote: bytes) -> None
     bound = with_report_data(quote, hashlib.sha256(claims).digest())
     for oid in (OE_EVIDENCE_OID, OE_EVIDENCE_OID_LEGACY):
         cert = cert_with(key, [(oid, oe_attestation_header(bound + claims))])
-        assert verify_ratls_certificate(cert) == (bound, RaTlsForm.OE_EVIDENCE)
+        assert verify_ratls_certificate(cert, now=INSIDE) == (bound, RaTlsForm.OE_EVIDENCE)
         evidence = extract_evidence(cert)
         assert evidence.claims == claims
     # Claims that are not this key, even when report_data binds them.
@@ -308,12 +309,12 @@ def test_oe_evidence_form(key: ec.EllipticCurvePrivateKey, quote: bytes) -> None
     forged = with_report_data(quote, hashlib.sha256(other).digest())
     with pytest.raises(BindingError, match="custom claims"):
         verify_ratls_certificate(
-            cert_with(key, [(OE_EVIDENCE_OID, oe_attestation_header(forged + other))])
+            cert_with(key, [(OE_EVIDENCE_OID, oe_attestation_header(forged + other))]), now=INSIDE
         )
     # The right claims but a report_data that does not bind them.
     with pytest.raises(BindingError, match="report_data"):
         verify_ratls_certificate(
-            cert_with(key, [(OE_EVIDENCE_OID, oe_attestation_header(quote + claims))])
+            cert_with(key, [(OE_EVIDENCE_OID, oe_attestation_header(quote + claims))]), now=INSIDE
         )
 
 
@@ -336,7 +337,7 @@ def test_oe_attestation_header_is_checked(
         "short": b"\x03\x00\x00\x00",
     }[payload_kind]
     with pytest.raises(error):
-        verify_ratls_certificate(cert_with(key, [(OE_EVIDENCE_OID, payload)]))
+        verify_ratls_certificate(cert_with(key, [(OE_EVIDENCE_OID, payload)]), now=INSIDE)
 
 
 # ---------------------------------------------------------------------- fuzzing
@@ -346,7 +347,7 @@ def test_oe_attestation_header_is_checked(
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_as_certificate_give_typed_errors(data: bytes) -> None:
     with pytest.raises(EnclaveKMSError):
-        verify_ratls_certificate(data)
+        verify_ratls_certificate(data, now=INSIDE)
 
 
 @settings(max_examples=60, deadline=None)
@@ -359,4 +360,4 @@ def test_arbitrary_extension_payload_gives_typed_errors(
 ) -> None:
     cert = cert_with(key, [(oid, payload)])
     with pytest.raises(EnclaveKMSError):
-        verify_ratls_certificate(cert)
+        verify_ratls_certificate(cert, now=INSIDE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from enclave_kms.attestation import second_opinion, tcb, x509chain
 from enclave_kms.attestation.collateral import collateral_from_parts, load_collateral
+from enclave_kms.attestation.policy import Policy, validate
 from enclave_kms.attestation.second_opinion import DcapQvlResult
 from enclave_kms.attestation.tcb_info import EnclaveIdentity, TcbInfo
 from enclave_kms.attestation.types import Collateral, TcbStatus, TrustRoot, VerifiedQuote
@@ -33,7 +34,10 @@ from enclave_kms.errors import (
     CertificateChainError,
     CollateralError,
     CollateralExpiredError,
+    CollateralNotYetValidError,
+    CollateralWindowError,
     EnclaveKMSError,
+    PolicyError,
     QeIdentityError,
     RevokedError,
     SignatureError,
@@ -258,11 +262,15 @@ def test_phala_tdx_quote(sgx_testdata: Path) -> None:
     assert result.quote.trailing == bytes(70)
 
 
-def test_phala_tdx_quote_v5_is_unsupported(sgx_testdata: Path) -> None:
+def test_phala_tdx_quote_v5_verifies_up_to_its_tcb_level(sgx_testdata: Path) -> None:
+    """Issue 17 defect 8: quote v5 (TDX 1.5 body, type 3) used to be refused as unsupported.
+    It now verifies through the PCK chain, CRLs, collateral, QE report and quote signature
+    (over header + body descriptor + body) and stops where SOURCES.md says: no SGX TCB level
+    matches this "outdated" platform (component 8 is 3 < 5 in every level)."""
     v = phala_tdx_v5(sgx_testdata)
-    with pytest.raises(UnsupportedFormatError, match="version 5") as info:
+    with pytest.raises(TcbLevelError, match="no TCB level matches") as info:
         v.verify()
-    assert info.value.step == "parse"
+    assert info.value.step == "tcb_level"
     # dcap-qvl reads v5 but finds no TCB level, so it rejects the quote too.
     theirs = second_opinion.run_dcap_qvl(v.quote, v.collateral, trust_root=INTEL, now=v.now)
     assert not theirs.accepted
@@ -299,7 +307,14 @@ def test_intel_test_pki_with_its_own_root(sgx_testdata: Path) -> None:
     )
     assert result.tcb_status == TcbStatus.UP_TO_DATE
     assert result.root_spki_sha256 == v.trust_root.spki_sha256 != INTEL.spki_sha256
-    assert result.simulated_root is False
+    # Issue 17 defect 2: the test root has Intel's production subject, but not its key, so it
+    # is a non-production root that a policy must name by key (decided by key, never by name).
+    assert v.trust_root.certificate.subject == INTEL.certificate.subject
+    assert result.simulated_root is True
+    pinned = Policy(mr_enclave=(result.mr_enclave,))
+    with pytest.raises(PolicyError, match="not Intel's production root"):
+        validate(result, pinned)
+    validate(result, replace(pinned, simulated_root=v.trust_root.spki_sha256))
     assert result.pck_ca == "processor"
     assert result.second_opinion is None
     # The test TCB-signing certificate (notAfter 2026-08-28) bounds the collateral.
@@ -410,9 +425,15 @@ def test_collateral_outside_its_window(
     sgx_testdata: Path, when: str, step: str, message: str
 ) -> None:
     v = phala_sgx(sgx_testdata)
-    with pytest.raises(CollateralExpiredError, match=message) as info:
+    kind = CollateralNotYetValidError if message == "not yet valid" else CollateralExpiredError
+    with pytest.raises(kind, match=message) as info:
         verify_quote_only(v.quote, v.collateral, trust_root=INTEL, now=_at(when))
     assert info.value.step == step
+    assert isinstance(info.value, CollateralWindowError)
+    # With the second opinion on, it stays a collateral-window error (issue 17 defect 6: a CRL
+    # before its thisUpdate used to end as a verifier disagreement, exit 2 instead of 3).
+    with pytest.raises(kind):
+        v.verify(now=_at(when))
 
 
 def test_collateral_window_edges_agree_with_dcap_qvl(sgx_testdata: Path) -> None:
@@ -540,13 +561,19 @@ def test_disagreement_when_only_dcap_qvl_accepts(
     sgx_testdata: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v = phala_sgx(sgx_testdata)
-    late = _at("2025-07-19T10:05:00Z")  # our QE Identity window check fails
+    text = v.collateral.qe_identity_signature
+    forged = dataclasses.replace(  # our QE Identity signature check fails
+        v.collateral, qe_identity_signature=text[:-1] + bytes([text[-1] ^ 1])
+    )
     monkeypatch.setattr(
         second_opinion, "run_dcap_qvl", _fake_dcap(DcapQvlResult(True, "UpToDate", ()))
     )
     with pytest.raises(VerifierDisagreementError) as info:
-        v.verify(now=late)
+        verify_quote(v.quote, forged, trust_root=INTEL, now=v.now)
     assert "qe_identity" in info.value.ours
+    # A window failure is a collateral answer: dcap-qvl is not asked to overturn it.
+    with pytest.raises(CollateralExpiredError):
+        v.verify(now=_at("2025-07-19T10:05:00Z"))
 
 
 def test_dcap_qvl_not_consulted_where_it_does_not_apply(
@@ -789,7 +816,7 @@ def _crl(
 def test_chain_to_a_simulated_root_under_the_intel_pin() -> None:
     pki = _pki()
     chain = [pki.leaf, pki.ca, pki.root]
-    simulated = TrustRoot(pki.root, simulated=True)
+    simulated = TrustRoot(pki.root)
     verified = x509chain.verify_chain(chain, simulated, NOW, what="PCK", step="pck_chain")
     assert verified.root == pki.root
     with pytest.raises(SimulatedRootError, match="chains to a simulated root"):
@@ -800,9 +827,9 @@ def test_the_pin_is_the_key_not_the_name() -> None:
     # Same DN as Intel's root, another key: untrusted (the Intel test-PKI situation).
     pki = _pki(root_cn="Intel SGX Root CA")
     impostor = TrustRoot(
-        _cert("Intel SGX Root CA", "Intel SGX Root CA", pki.root_key, pki.root_key, ca=True),
-        simulated=False,
+        _cert("Intel SGX Root CA", "Intel SGX Root CA", pki.root_key, pki.root_key, ca=True)
     )
+    assert not impostor.production  # the production subject, but not the production key
     chain = [pki.leaf, pki.ca, pki.root]
     assert x509chain.verify_chain(chain, impostor, NOW, what="PCK", step="s").leaf == pki.leaf
     with pytest.raises(UntrustedRootError):
@@ -821,7 +848,7 @@ def test_the_chains_root_copy_is_compared_by_key() -> None:
         path_length=1,
         serial=2,
     )
-    pinned = TrustRoot(pki.root, simulated=True)
+    pinned = TrustRoot(pki.root)
     verified = x509chain.verify_chain(
         [pki.leaf, pki.ca, reissued], pinned, NOW, what="PCK", step="s"
     )
@@ -844,11 +871,11 @@ def test_the_chains_root_copy_is_compared_by_key() -> None:
 
 def test_chain_constraints() -> None:
     pki = _pki(key_cert_sign=False)
-    pinned = TrustRoot(pki.root, simulated=True)
+    pinned = TrustRoot(pki.root)
     with pytest.raises(CertificateChainError, match="keyCertSign"):
         x509chain.verify_chain([pki.leaf, pki.ca], pinned, NOW, what="PCK", step="s")
     pki = _pki()
-    pinned = TrustRoot(pki.root, simulated=True)
+    pinned = TrustRoot(pki.root)
     with pytest.raises(CertificateChainError, match="end-entity"):
         x509chain.verify_chain([pki.ca], pinned, NOW, what="PCK", step="s")
     assert x509chain.verify_chain([pki.ca], pinned, NOW, what="CRL", step="s", leaf_is_ca=True)

@@ -157,12 +157,31 @@ def test_verify_real_quote_fails_default_policy_on_status(cli: Runner, phala: Pa
     r = cli(
         "quote", "verify", phala / "sgx_quote",
         "--collateral", phala / "sgx_quote_collateral.json", "--at", PHALA_AT,
+        "--any-enclave-unsafe",
     )  # fmt: skip
     assert r.code == exits.POLICY
     line = r.one_line_error()
     assert "ConfigurationAndSWHardeningNeeded is not accepted" in line
     assert "ConfigurationAndSWHardeningNeeded" in r.out  # the verified result is still shown
     assert "INTEL-SA-00289, INTEL-SA-00615" in r.out
+
+
+def test_verify_requires_an_identity_or_the_unsafe_flag(
+    cli: Runner, phala: Path, tmp_path: Path
+) -> None:
+    """Issue 17 defect 1: no policy used to mean "any genuine enclave", called strict."""
+    base: list[str | Path] = [
+        phala / "sgx_quote", "--collateral", phala / "sgx_quote_collateral.json", "--at", PHALA_AT,
+    ]  # fmt: skip
+    r = cli("quote", "verify", *base)
+    assert r.code == exits.USAGE
+    assert "--any-enclave-unsafe" in r.one_line_error()
+    no_identity = write(tmp_path, "weak.toml", 'accepted_tcb_statuses = ["UpToDate"]\n')
+    r = cli("quote", "verify", *base, "--policy", no_identity, "--json")
+    assert r.code == exits.USAGE
+    assert "pins no enclave identity" in r.one_line_error()
+    r = cli("quote", "verify", *base, "--policy", no_identity, "--any-enclave-unsafe")
+    assert r.code == exits.USAGE
 
 
 def test_verify_real_quote_passes_a_policy_accepting_its_status(
@@ -172,7 +191,8 @@ def test_verify_real_quote_passes_a_policy_accepting_its_status(
         tmp_path,
         "p.toml",
         'accepted_tcb_statuses = ["UpToDate", "ConfigurationAndSWHardeningNeeded"]\n'
-        'report_data = "48656c6c6f"\n',
+        'report_data = "48656c6c6f"\n'
+        'mr_enclave = ["33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"]\n',
     )
     r = cli(
         "quote", "verify", phala / "sgx_quote", "--collateral", phala / "sgx_quote_collateral.json",
@@ -190,7 +210,7 @@ def test_verify_real_quote_passes_a_policy_accepting_its_status(
 def test_verify_without_second_opinion(cli: Runner, phala: Path) -> None:
     r = cli(
         "quote", "verify", phala / "tdx_quote", "--collateral", phala / "tdx_quote_collateral.json",
-        "--at", "2025-07-19T10:00:34Z", "--no-second-opinion", "--json",
+        "--at", "2025-07-19T10:00:34Z", "--no-second-opinion", "--json", "--any-enclave-unsafe",
     )  # fmt: skip
     assert r.code == exits.OK, r.err
     data = r.json()
@@ -200,7 +220,7 @@ def test_verify_without_second_opinion(cli: Runner, phala: Path) -> None:
 def test_debug_enclave_fails_default_policy_listing_every_violation(cli: Runner, oe: Path) -> None:
     r = cli(
         "quote", "verify", oe / "evidence", "--collateral", oe / "endorsements", "--at", OE_AT,
-        "--json",
+        "--json", "--any-enclave-unsafe",
     )  # fmt: skip
     assert r.code == exits.POLICY
     violations = r.json()["policy"]["violations"]  # type: ignore[index]
@@ -235,7 +255,7 @@ def test_tutorial_json_verifies_against_oe_endorsements(
 ) -> None:
     r = cli(
         "quote", "verify", sgx_testdata / "azure-maa-oe-sample" / "enclave.info.release.json",
-        "--collateral", oe / "endorsements", "--at", OE_AT, "--json",
+        "--collateral", oe / "endorsements", "--at", OE_AT, "--json", "--any-enclave-unsafe",
     )  # fmt: skip
     assert r.code == exits.POLICY  # genuine, but its platform is OutOfDate as of that day
     assert r.json()["tcb_status"] == "OutOfDate"
@@ -305,7 +325,10 @@ def test_bad_input_is_one_line_with_the_right_code(
                   .read_bytes()),
         ],
     }  # fmt: skip
-    r = cli("quote", "verify", *cases[case])
+    args = cases[case]
+    if "--policy" not in args:
+        args = [*args, "--any-enclave-unsafe"]  # identity is required: say so by name
+    r = cli("quote", "verify", *args)
     assert r.code == code, (r.code, r.err)
     assert needle in r.one_line_error()
 
@@ -313,8 +336,9 @@ def test_bad_input_is_one_line_with_the_right_code(
 def test_verify_defaults_to_now(cli: Runner, phala: Path) -> None:
     """Without --at the current time is used: this 2025 collateral has long expired."""
     r = cli(
-        "quote", "verify", phala / "sgx_quote", "--collateral", phala / "sgx_quote_collateral.json"
-    )
+        "quote", "verify", phala / "sgx_quote", "--collateral", phala / "sgx_quote_collateral.json",
+        "--any-enclave-unsafe",
+    )  # fmt: skip
     assert r.code == exits.COLLATERAL
     assert "expired" in r.one_line_error()
 
@@ -346,6 +370,7 @@ def test_open_enclave_negative_vectors_are_rejected(
 ) -> None:
     r = cli(
         "quote", "verify", sgx_testdata / rel, "--collateral", oe / "endorsements", "--at", OE_AT,
+        "--any-enclave-unsafe",
     )  # fmt: skip
     assert r.code == exits.EVIDENCE_INVALID
     assert step_words in r.one_line_error()

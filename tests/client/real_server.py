@@ -67,9 +67,8 @@ def real_kms(base: Path) -> Iterator[RealKMS]:
     running = start(ServeOptions(data_dir=data_dir, port=free_port()))
     try:
         root = TrustRoot.from_pem(running.root_path.read_bytes())
-        with KMSClient(
-            running.url, trust_root=root, policy=Policy(simulated_root=root.spki_sha256)
-        ) as kms:
+        bootstrap = Policy(any_enclave_unsafe=True, simulated_root=root.spki_sha256)
+        with KMSClient(running.url, trust_root=root, policy=bootstrap) as kms:
             token = kms.init().token
         yield RealKMS(running, data_dir, token)
     finally:

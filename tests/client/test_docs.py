@@ -87,8 +87,9 @@ def test_quickstart_runs_verbatim(tmp_path: Path) -> None:
             pass
     assert proc.returncode == 0, out
     for expected in (
-        "refused: exit code 2",
-        "refused: exit code 4",
+        "refused: exit code 1",  # no policy: identity required
+        "pins no enclave identity",
+        "refused: exit code 2",  # pinned, but the simulated root is not trusted by default
         "TRUST ON FIRST USE",
         "wrote policy.toml",
         "attested: the evidence verifies",

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy
+from enclave_kms.attestation.policy import Policy
 from enclave_kms.attestation.types import TcbStatus
 from enclave_kms.client import AsyncKMSClient, KMSClient
 from enclave_kms.errors import (
@@ -54,9 +54,9 @@ CASES = [
         True,
     ),
     Case(
-        "debug-enclave-default-policy",
+        "debug-enclave-pinned-policy",
         lambda w: FakeServer(w, identity(debug=True)),
-        lambda w: Policy(simulated_root=w.root.spki_sha256),  # otherwise the default policy
+        lambda w: w.policy(),  # pins the identity; debug is refused unless allowed
         True,
         PolicyError,
         "debug: the enclave is a debug enclave",
@@ -65,7 +65,7 @@ CASES = [
     Case(
         "simulated-root-not-named-by-policy",
         lambda w: FakeServer(w, identity()),
-        lambda w: DEFAULT_POLICY,
+        lambda w: w.policy(simulated_root=None),
         True,
         PolicyError,
         "is not named by the policy",

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enclave_kms import errors
+from enclave_kms.attestation.policy import Policy
 from enclave_kms.client import DataKey, IssuedToken, KMSClient, RsaKeyPair, core
 from enclave_kms.client.attest import AttestationAnswer, begin
 from enclave_kms.client.errors import ERROR_CODES, error_for_item, error_for_response
@@ -22,6 +23,7 @@ from tests.client.fakes import Behaviour, FakeServer, World, identity
 
 TOKEN = "ekms_0123456789abcdef_SECRET-TOKEN-VALUE"
 PLAINTEXT = b"PLAINTEXT-THAT-MUST-NOT-BE-LOGGED"
+ANY_PINNED = Policy(mr_enclave=(bytes(32),))  # a client needs an identity even to fail to connect
 
 
 def _body(code: str, message: str = "m") -> bytes:
@@ -111,7 +113,7 @@ def test_a_server_that_never_answers_times_out() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)  # accepts the TCP connection, never speaks TLS
         url = f"https://127.0.0.1:{listener.getsockname()[1]}"
-        kms = KMSClient(url, timeout=0.3)
+        kms = KMSClient(url, timeout=0.3, policy=ANY_PINNED)
         with pytest.raises(errors.ServerError, match="cannot reach"):
             kms.connect()
 
@@ -121,7 +123,16 @@ def test_nothing_listening_is_a_server_error() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(errors.ServerError, match="cannot reach"):
-        KMSClient(f"https://127.0.0.1:{port}", timeout=1).connect()
+        KMSClient(f"https://127.0.0.1:{port}", timeout=1, policy=ANY_PINNED).connect()
+
+
+def test_a_client_without_an_identity_in_its_policy_is_refused_before_connecting() -> None:
+    """Issue 17 defect 1: the default policy used to trust any genuine enclave."""
+    with pytest.raises(errors.ConfigError, match="pins no enclave identity"):
+        KMSClient("https://127.0.0.1:8443")
+    with pytest.raises(errors.ConfigError, match="pins no enclave identity"):
+        KMSClient("https://127.0.0.1:8443", policy=Policy(allow_debug=True))
+    KMSClient("https://127.0.0.1:8443", policy=Policy(any_enclave_unsafe=True)).close()
 
 
 @pytest.mark.parametrize(

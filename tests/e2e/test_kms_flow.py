@@ -135,7 +135,10 @@ def test_served_certificate_carries_evidence_that_verifies(kms: Server, c: httpx
     served = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((parts.hostname, parts.port)))
     now = datetime.now(UTC)
     quote, form = verify_ratls_certificate(served, now=now)
-    assert form is RaTlsForm.GRAMINE
+    # DICE tagged evidence (appraised) beside Gramine's legacy quote, as Gramine >= 1.8.
+    assert form is RaTlsForm.DICE
+    oids = {e.oid.dotted_string for e in x509.load_der_x509_certificate(served).extensions}
+    assert {"2.23.133.5.4.9", "1.2.840.113741.1337.6"} <= oids
 
     nonce = os.urandom(32)
     att = ok(c.get("/v1/attestation", params={"nonce": nonce.hex()}))

@@ -3,6 +3,7 @@ served from a context loaded from memory."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import ssl
 import threading
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from enclave_kms.attestation.ratls import verify_ratls_certificate
+from enclave_kms.attestation import dice
+from enclave_kms.attestation.ratls import RaTlsForm, verify_ratls_certificate
 from enclave_kms.attestation.verify import verify_quote
 from enclave_kms.enclave import tls
 from enclave_kms.errors import BindingError, PlatformError
@@ -38,12 +40,20 @@ def test_certificate_evidence_binds_the_tls_key_and_verifies(platform: SimPlatfo
     enclave = platform.enclave(IDENTITY)
     now = datetime.now(UTC)
     identity = tls.issue_identity(tls.generate_tls_key(), enclave.get_quote, now)
-    quote, _form = verify_ratls_certificate(identity.certificate, now=now)
-    verified = verify_quote(
-        quote, platform.collateral(now), trust_root=platform.trust_root(), now=now
-    )
-    assert verified.mr_enclave == IDENTITY.mr_enclave
-    assert verified.report_data[:32] == identity.spki_sha256
+    quote, form = verify_ratls_certificate(identity.certificate, now=now)
+    # Both Gramine forms are emitted; the DICE tagged evidence is the one appraised, and its
+    # quote binds the claims, which name the key (the legacy quote binds the key directly).
+    assert form is RaTlsForm.DICE
+    claims = dice.claims_for(tls.spki_der(identity.key))
+    for evidence, bound in (
+        (quote, hashlib.sha256(claims).digest()),
+        (identity.quote, identity.spki_sha256),
+    ):
+        verified = verify_quote(
+            evidence, platform.collateral(now), trust_root=platform.trust_root(), now=now
+        )
+        assert verified.mr_enclave == IDENTITY.mr_enclave
+        assert verified.report_data[:32] == bound
 
 
 def test_certificate_with_another_keys_quote_is_refused(platform: SimPlatform) -> None:

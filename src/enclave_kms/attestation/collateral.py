@@ -33,6 +33,7 @@ from enclave_kms.attestation.tcb_info import (
 )
 from enclave_kms.attestation.types import Collateral
 from enclave_kms.errors import CollateralError, FormatError
+from enclave_kms.sgx.pck import X509_ERRORS
 
 DCAP_QVL_FIELDS = (
     "pck_crl_issuer_chain",
@@ -150,7 +151,7 @@ def check_chain(pem: bytes, *, what: str) -> bytes:
     try:
         text = pem.decode("ascii")
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError:  # UnicodeDecodeError is a ValueError
+    except X509_ERRORS:  # not only ValueError: InvalidVersion, DuplicateExtension, …
         raise CollateralError(f"{what}: not a PEM certificate chain") from None
     if not certs or text.count("-----BEGIN CERTIFICATE-----") != len(certs):
         raise CollateralError(f"{what}: not a PEM certificate chain")
@@ -189,7 +190,7 @@ def normalize_crl(data: bytes, *, what: str) -> bytes:
             raise ValueError("not a single DER structure")
         der = raw[:total]
         x509.load_der_x509_crl(der)
-    except ValueError:
+    except X509_ERRORS:
         raise CollateralError(f"{what}: not a CRL (DER, PEM or hex)") from None
     return der
 

@@ -75,10 +75,10 @@ class Evidence:
         default_factory=lambda: MappingProxyType({}), hash=False, compare=False
     )
 
-    def check_bindings(self, *, now: datetime | None = None) -> None:
+    def check_bindings(self, *, now: datetime) -> None:
         """Everything that ties the quote to its container, before the quote is verified.
 
-        RA-TLS: self-signature, validity at `now` (when given) and key binding, as in
+        RA-TLS: self-signature, validity at `now` (always) and key binding, as in
         `verify_ratls_certificate`. Other forms: if held data is present, `report_data[0:32]`
         must be its SHA-256. Loading alone never raises for these, so `inspect` can show them.
         """
@@ -91,25 +91,40 @@ class Evidence:
             )
 
 
-def load_evidence(data: bytes) -> Evidence:
-    """Detect the form of `data` and parse it; typed errors only (FormatError and friends)."""
+def load_evidence(data: bytes, *, form: EvidenceForm | None = None) -> Evidence:
+    """Detect the form of `data` and parse it; typed errors only (FormatError and friends).
+
+    With `form` declared, the bytes must be that form (FormatError otherwise): declared OE
+    evidence must carry a custom-claims buffer that parses, and declared raw quote ignores
+    (never trusts) trailing bytes. Undeclared, trailing bytes that look like an OE claims
+    buffer but do not parse are refused, never downgraded to a raw quote.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FormatError(f"evidence: expected bytes, got {type(data).__name__}")
+    if form is not None and not isinstance(form, EvidenceForm):
+        raise FormatError(f"evidence form: {form!r} is not an EvidenceForm")
     raw = strip_comment_lines(bytes(data))
     if not raw.strip(_WHITESPACE):
         raise FormatError("evidence: empty input")
     text = raw.strip(_WHITESPACE)
     if text[:1] == b"{":
-        return replace(_from_tutorial_json(text), source=text)
-    if text.startswith(b"-----BEGIN"):
-        return replace(_from_certificate(text), source=text)
-    hexed = _maybe_hex(text)
-    if hexed is not None:
-        return replace(_load_binary(hexed), source=hexed, hex_encoded=True)
-    return replace(_load_binary(raw), source=raw)
+        found = replace(_from_tutorial_json(text), source=text)
+    elif text.startswith(b"-----BEGIN"):
+        found = replace(_from_certificate(text), source=text)
+    else:
+        hexed = _maybe_hex(text)
+        if hexed is not None:
+            found = replace(_load_binary(hexed, form), source=hexed, hex_encoded=True)
+        else:
+            found = replace(_load_binary(raw, form), source=raw)
+    if form is not None and found.form is not form:
+        raise FormatError(
+            f"evidence was declared {form.value} but is {found.form.value}", step="evidence_form"
+        )
+    return found
 
 
-def _load_binary(raw: bytes) -> Evidence:
+def _load_binary(raw: bytes, form: EvidenceForm | None = None) -> Evidence:
     if raw[:1] == b"\x30":
         return _from_certificate(raw)
     if len(raw) >= OeReportHeader.SIZE:
@@ -127,6 +142,8 @@ def _load_binary(raw: bytes) -> Evidence:
             _h, quote = parse_oe_report(raw)
             return Evidence(EvidenceForm.OE_REPORT, quote, quote.to_bytes())
     quote = parse_quote(raw)
+    if form is EvidenceForm.RAW_QUOTE:
+        return Evidence(EvidenceForm.RAW_QUOTE, quote, quote.to_bytes())
     if not quote.trailing:
         if _binds(quote, b""):
             # What OE's SGX_ECDSA attester emits without claims: the bare quote binds SHA-256("").
@@ -141,6 +158,18 @@ def _load_binary(raw: bytes) -> Evidence:
         return Evidence(EvidenceForm.RAW_QUOTE, quote, quote.to_bytes())
     bound = _binds(quote, quote.trailing)
     claims = _claims_or_none(quote.trailing)
+    if claims is None and (form is EvidenceForm.OE_EVIDENCE or _claims_shaped(quote.trailing)):
+        # Never downgrade: a claims buffer that does not parse is tampered evidence, not a
+        # raw quote with padding (its claims and binding would silently be dropped).
+        try:
+            parse_custom_claims(quote.trailing)
+        except EnclaveKMSError as exc:
+            raise FormatError(
+                f"OE evidence: the custom-claims buffer does not parse ({exc}); refusing "
+                "rather than reading it as a raw quote (declare the form raw-quote to "
+                "ignore trailing bytes)",
+                step="evidence_form",
+            ) from None
     if not bound and claims is None:
         return Evidence(EvidenceForm.RAW_QUOTE, quote, quote.to_bytes())
     evidence = OeEvidence.parse(raw)
@@ -219,6 +248,16 @@ def _claims_or_none(buffer: bytes) -> dict[str, str] | None:
     for claim in claims:
         out[f"claim:{claim.name}"] = _display(claim.value)
     return out
+
+
+def _claims_shaped(buffer: bytes) -> bool:
+    """Whether trailing bytes start like an OE custom-claims header (version 1, or a small
+    claim count): one flipped byte cannot change both fields, so a tampered buffer still
+    looks like claims while padding (zeros) and unrelated junk do not."""
+    if len(buffer) < 16:
+        return False
+    version, count = struct.unpack_from("<QQ", buffer, 0)
+    return bool(version == 1 or 0 < count <= 1024)
 
 
 def _display(value: bytes) -> str:

@@ -13,12 +13,18 @@ import json
 import string
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from enclave_kms.attestation.tdx_policy import (
+    TDX_KEYS,
+    TdxRules,
+    tdx_rules_from_mapping,
+    tdx_rules_to_toml,
+    tdx_violations,
+)
 from enclave_kms.attestation.types import TcbStatus, VerifiedQuote
 from enclave_kms.errors import ConfigError, PolicyError
-from enclave_kms.sgx.tdx import TdReport10
 
 _KEYS = (
     "mr_enclave",
@@ -30,6 +36,8 @@ _KEYS = (
     "rejected_advisories",
     "report_data",
     "simulated_root",
+    "any_enclave_unsafe",
+    *TDX_KEYS,
 )
 
 
@@ -37,8 +45,12 @@ _KEYS = (
 class Policy:
     """Expected identity of an enclave. `None` / empty means "not constrained" for that rule.
 
-    The defaults are the strict baseline every verification gets even without a policy file:
-    no debug enclaves, `UpToDate` only, and no simulated root.
+    **Identity is required** (DESIGN §8): a policy must pin MRENCLAVE (one of a list) or
+    MRSIGNER + ISVPRODID, or it accepts nothing. Trusting "any genuine enclave" exists only as
+    `any_enclave_unsafe = true`, whose name says what it is. The other defaults are strict:
+    no debug enclaves, `UpToDate` only, and only Intel's production root; any other root
+    (simulated, Intel's test PKI, a private one) must be named by its SPKI SHA-256 in
+    `simulated_root`.
     """
 
     mr_enclave: tuple[bytes, ...] = ()
@@ -50,6 +62,8 @@ class Policy:
     rejected_advisories: tuple[str, ...] = ()
     report_data: bytes | None = None
     simulated_root: str | None = None
+    any_enclave_unsafe: bool = False
+    tdx: TdxRules = field(default_factory=TdxRules)
 
     def __post_init__(self) -> None:
         # Constructed in code as well as from TOML: keep the same invariants either way.
@@ -67,6 +81,19 @@ class Policy:
             raise ConfigError("accepted_tcb_statuses: must name at least one status")
         if self.simulated_root is not None:
             _check_len("simulated_root", _hex("simulated_root", self.simulated_root), 32)
+        if not isinstance(self.tdx, TdxRules):
+            raise ConfigError("tdx: expected TdxRules")
+        if type(self.any_enclave_unsafe) is not bool or type(self.allow_debug) is not bool:
+            raise ConfigError("allow_debug and any_enclave_unsafe must be true or false")
+
+    @property
+    def pins_identity(self) -> bool:
+        """MRENCLAVE, or MRSIGNER + ISVPRODID, is pinned: the policy names whom it trusts."""
+        return (
+            bool(self.mr_enclave)
+            or (self.mr_signer is not None and self.isv_prod_id is not None)
+            or self.tdx.pins_identity
+        )
 
     # ------------------------------------------------------------------ loading
 
@@ -99,10 +126,11 @@ class Policy:
         for name in ("isv_prod_id", "min_isv_svn"):
             if name in doc:
                 kwargs[name] = _int(name, doc[name])
-        if "allow_debug" in doc:
-            if not isinstance(doc["allow_debug"], bool):
-                raise ConfigError("allow_debug: expected true or false")
-            kwargs["allow_debug"] = doc["allow_debug"]
+        for name in ("allow_debug", "any_enclave_unsafe"):
+            if name in doc:
+                if not isinstance(doc[name], bool):
+                    raise ConfigError(f"{name}: expected true or false")
+                kwargs[name] = doc[name]
         if "accepted_tcb_statuses" in doc:
             kwargs["accepted_tcb_statuses"] = _statuses(doc["accepted_tcb_statuses"])
         if "rejected_advisories" in doc:
@@ -116,6 +144,7 @@ class Policy:
         if "simulated_root" in doc:
             root = _hex_len("simulated_root", _str("simulated_root", doc["simulated_root"]), 32)
             kwargs["simulated_root"] = root.hex()
+        kwargs["tdx"] = tdx_rules_from_mapping(doc)
         return cls(**kwargs)
 
     def to_toml(self) -> str:
@@ -139,10 +168,28 @@ class Policy:
             lines.append(f"report_data = {json.dumps(self.report_data.hex())}")
         if self.simulated_root is not None:
             lines.append(f"simulated_root = {json.dumps(self.simulated_root.lower())}")
+        if self.any_enclave_unsafe:
+            lines.append("any_enclave_unsafe = true")
+        lines += tdx_rules_to_toml(self.tdx)
         return "\n".join(lines) + "\n"
 
 
+# The strict baseline with no identity: it accepts nothing until an identity is pinned (or
+# `any_enclave_unsafe` is set). Kept so callers that default to it fail closed, loudly.
 DEFAULT_POLICY = Policy()
+
+NO_IDENTITY = (
+    "the policy pins no enclave identity (set mr_enclave, or mr_signer and isv_prod_id, or "
+    "for a TD mr_td or an rt_mr; "
+    "`enclave-kms policy from-server` writes one), so it trusts nothing; "
+    "any_enclave_unsafe = true accepts any genuine enclave"
+)
+
+
+def require_identity(policy: Policy) -> None:
+    """ConfigError unless the policy pins an identity or says, by name, that it does not."""
+    if not policy.pins_identity and not policy.any_enclave_unsafe:
+        raise ConfigError(NO_IDENTITY)
 
 
 def check_binding(report_data: bytes, held: bytes) -> bool:
@@ -163,6 +210,7 @@ def validate(verified: VerifiedQuote, policy: Policy, *, report_data: bytes | No
     if not isinstance(policy, Policy):
         raise TypeError(f"validate() needs a Policy, got {type(policy).__name__}")
     violations = [
+        *([] if policy.pins_identity or policy.any_enclave_unsafe else [NO_IDENTITY]),
         *_identity_violations(verified, policy),
         *_tcb_violations(verified, policy),
         *_report_data_violations(verified.quote.body.report_data, policy.report_data, "policy"),
@@ -176,8 +224,8 @@ def validate(verified: VerifiedQuote, policy: Policy, *, report_data: bytes | No
         or not hmac.compare_digest(policy.simulated_root.lower(), verified.root_spki_sha256.lower())
     ):
         violations.append(
-            f"simulated root {verified.root_spki_sha256[:16]}… is not named by the policy"
-            " (simulated evidence protects nothing)"
+            f"root {verified.root_spki_sha256[:16]}…: not Intel's production root and is not"
+            " named by the policy (simulated_root); simulated or test roots protect nothing"
         )
     if violations:
         raise PolicyError(violations)
@@ -200,9 +248,10 @@ def _identity_violations(verified: VerifiedQuote, policy: Policy) -> list[str]:
             if on
         ]
         out += [f"{name}: a {verified.tee} quote has no SGX enclave identity" for name in sgx_rules]
-        if not policy.allow_debug and _td_debug(verified):
-            out.append("debug: the TD is in debug mode and the policy does not allow debug")
-        return out
+        return out + tdx_violations(verified.quote.body, policy.tdx, allow_debug=policy.allow_debug)
+    out += [
+        f"{name}: an SGX quote has no TD measurements" for name in policy.tdx.constrained_names()
+    ]
     body = verified.report_body
     if policy.mr_enclave and not any(
         hmac.compare_digest(body.mr_enclave, m) for m in policy.mr_enclave
@@ -217,12 +266,6 @@ def _identity_violations(verified: VerifiedQuote, policy: Policy) -> list[str]:
     if body.attributes.debug and not policy.allow_debug:
         out.append("debug: the enclave is a debug enclave and the policy does not allow debug")
     return out
-
-
-def _td_debug(verified: VerifiedQuote) -> bool:
-    """TDATTRIBUTES.DEBUG of a TD report; an unknown body counts as debug (fail closed)."""
-    body = verified.quote.body
-    return body.debug if isinstance(body, TdReport10) else True
 
 
 def _tcb_violations(verified: VerifiedQuote, policy: Policy) -> list[str]:

@@ -2,6 +2,11 @@
 
 Forms we read (DESIGN §8, §9):
 
+* TCG DICE tagged evidence, OID 2.23.133.5.4.9 (Gramine >= 1.8, the CCC's interoperable
+  RA-TLS): CBOR tag 60000 over [quote, claims]; the quote binds SHA-256(claims) and the claims'
+  "pubkey-hash" is the key's hash (`dice.py`). Beside Gramine's legacy OID (Gramine writes
+  both, with two quotes) the DICE evidence is appraised and the legacy quote must bind the key.
+
 * Gramine legacy, OID 1.2.840.113741.1337.6: the extension value is a raw DCAP quote whose
   `report_data[0:32]` is SHA-256 of the certificate's DER SubjectPublicKeyInfo. This is also the
   form our own enclaves issue (`make_ratls_certificate`).
@@ -48,6 +53,11 @@ from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import namedtype, tag, univ, useful
 
+from enclave_kms.attestation.dice import (
+    DICE_TAGGED_EVIDENCE_OID,
+    check_tagged_binding,
+    parse_tagged_evidence,
+)
 from enclave_kms.errors import (
     AttestationError,
     BindingError,
@@ -55,6 +65,7 @@ from enclave_kms.errors import (
     FormatError,
     SignatureError,
     UnsupportedFormatError,
+    UsageError,
 )
 from enclave_kms.sgx.oe import OeEvidence, parse_oe_report
 from enclave_kms.sgx.quote import parse_quote
@@ -72,9 +83,11 @@ class RaTlsForm(StrEnum):
     GRAMINE = "gramine"
     OE_REPORT = "oe-report"
     OE_EVIDENCE = "oe-evidence"
+    DICE = "dice-tagged-evidence"
 
 
 _FORM_BY_OID = {
+    DICE_TAGGED_EVIDENCE_OID: RaTlsForm.DICE,
     GRAMINE_QUOTE_OID: RaTlsForm.GRAMINE,
     OE_REPORT_OID_LEGACY: RaTlsForm.OE_REPORT,
     OE_REPORT_OID: RaTlsForm.OE_REPORT,
@@ -171,7 +184,7 @@ _PARSE = "ratls_certificate"
 def _decode(data: bytes, spec: univ.Asn1Item, what: str) -> univ.Asn1Item:
     try:
         value, rest = der_decoder.decode(data, asn1Spec=spec)
-    except (PyAsn1Error, ValueError, TypeError, IndexError) as exc:
+    except (PyAsn1Error, ValueError, TypeError, IndexError, OverflowError) as exc:
         raise FormatError(f"{what}: not valid DER ({type(exc).__name__})", step=_PARSE) from None
     if rest:
         raise FormatError(f"{what}: {len(rest)} bytes after the DER structure", step=_PARSE)
@@ -343,6 +356,20 @@ def extract_evidence(cert: RaTlsCertificate | bytes | x509.Certificate) -> RaTls
             "evidence extension)",
             step="ratls_evidence",
         )
+    forms = sorted(f.value for _o, f, _v in found)
+    if forms == sorted((RaTlsForm.DICE.value, RaTlsForm.GRAMINE.value)):
+        # Gramine >= 1.8 writes both: the DICE evidence is appraised; the legacy quote must
+        # still bind this key by its own rule, so neither extension is unchecked baggage.
+        legacy = next(v for _o, f, v in found if f is RaTlsForm.GRAMINE)
+        legacy_quote = parse_quote(legacy)
+        if not hmac.compare_digest(
+            legacy_quote.body.report_data[:32], hashlib.sha256(parsed.spki_der).digest()
+        ):
+            raise BindingError(
+                "the legacy RA-TLS quote beside the DICE evidence binds another key",
+                step="ratls_binding",
+            )
+        found = [x for x in found if x[1] is RaTlsForm.DICE]
     if len(found) > 1:
         raise FormatError(
             "certificate carries several evidence extensions: "
@@ -350,6 +377,10 @@ def extract_evidence(cert: RaTlsCertificate | bytes | x509.Certificate) -> RaTls
             step="ratls_evidence",
         )
     oid, form, payload = found[0]
+    if form is RaTlsForm.DICE:
+        tagged = parse_tagged_evidence(payload)
+        quote = parse_quote(tagged.quote)
+        return RaTlsEvidence(form, oid, payload, quote.to_bytes(), tagged.claims, tagged.claims)
     if form is RaTlsForm.GRAMINE:
         quote = parse_quote(payload)
         return RaTlsEvidence(form, oid, payload, quote.to_bytes(), parsed.spki_der)
@@ -397,6 +428,9 @@ def _strip_attestation_header(payload: bytes) -> bytes:
 def check_ratls_binding(cert: RaTlsCertificate, evidence: RaTlsEvidence) -> None:
     """The evidence must vouch for this certificate's key, by the rule of its form."""
     report_data = parse_quote(evidence.quote_bytes).body.report_data
+    if evidence.form is RaTlsForm.DICE:
+        check_tagged_binding(parse_tagged_evidence(evidence.payload), cert.spki_der, report_data)
+        return
     if evidence.form is RaTlsForm.OE_EVIDENCE:
         pem = cert.spki_pem()
         if evidence.claims not in (pem + b"\x00", pem):
@@ -413,15 +447,18 @@ def check_ratls_binding(cert: RaTlsCertificate, evidence: RaTlsEvidence) -> None
 
 
 def verify_ratls_certificate(
-    data: bytes | x509.Certificate, *, now: datetime | None = None
+    data: bytes | x509.Certificate, *, now: datetime
 ) -> tuple[bytes, RaTlsForm]:
-    """Self-signature, optional validity at `now`, evidence extraction and key binding.
+    """Self-signature, validity at `now` (required: never skipped), evidence extraction and
+    key binding.
 
     Returns the DCAP quote bytes and the form; the caller verifies the quote and the policy.
     """
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise UsageError("verify_ratls_certificate: now must be a timezone-aware datetime")
     cert = RaTlsCertificate.parse(data)
     cert.verify_self_signature()
-    if now is not None and not cert.not_before <= now <= cert.not_after:
+    if not cert.not_before <= now <= cert.not_after:
         raise CertificateChainError(
             f"certificate is outside its validity ({cert.not_before.isoformat()} to "
             f"{cert.not_after.isoformat()})",
@@ -459,8 +496,11 @@ def make_ratls_certificate(
     not_before: datetime,
     not_after: datetime,
     dns_names: Sequence[str] = (),
+    tagged_evidence: bytes | None = None,
 ) -> x509.Certificate:
-    """A self-signed ECDSA P-256/SHA-256 certificate carrying `quote_bytes` (Gramine OID).
+    """A self-signed ECDSA P-256/SHA-256 certificate carrying `quote_bytes` (Gramine OID) and,
+    when given, TCG DICE tagged evidence (OID 2.23.133.5.4.9, `dice.build_tagged_evidence`) —
+    the two extensions Gramine's RA-TLS writes since v1.8.
 
     The quote's `report_data[0:32]` must be `expected_report_data_for(private_key.public_key())`
     for the certificate to verify; this function does not check it, so tests can build
@@ -485,6 +525,13 @@ def make_ratls_certificate(
             critical=False,
         )
     )
+    if tagged_evidence is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(
+                x509.ObjectIdentifier(DICE_TAGGED_EVIDENCE_OID), tagged_evidence
+            ),
+            critical=False,
+        )
     if dns_names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([_general_name(n) for n in dns_names]), critical=False

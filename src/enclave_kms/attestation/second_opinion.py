@@ -8,6 +8,7 @@ dcap-qvl cannot judge everything we accept, so it is consulted only where it app
 
 * TCB Info v3 only (it cannot read v2);
 * non-debug enclaves and TDs only (it refuses debug outright, a policy question for us);
+* TDs with SEPT_VE_DISABLE set (it refuses others; for us `require_sept_ve_disable` decides);
 * SGX quotes v3 and TDX quotes v4 (it refuses SGX v4; we refuse v5);
 * quotes whose PCK chain is inside the quote (it has no way to be given an external chain);
 * quotes we could parse: what applies depends on the quote's contents;
@@ -26,7 +27,6 @@ decided on a quote we cannot parse.
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,11 +34,15 @@ from datetime import datetime
 import dcap_qvl
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from enclave_kms.attestation.cache import VerificationCache
 from enclave_kms.attestation.collateral import to_dcap_qvl
+from enclave_kms.attestation.tdx_policy import TD_ATTRIBUTE_SEPT_VE_DISABLE
 from enclave_kms.attestation.types import Collateral, TcbStatus, TrustRoot, VerifiedQuote
 from enclave_kms.errors import (
     AttestationError,
     CollateralError,
+    CollateralUnavailableError,
+    CollateralWindowError,
     FormatError,
     VerifierDisagreementError,
 )
@@ -63,35 +67,31 @@ class DcapQvlResult:
         return f"rejected: {self.error}"
 
 
-# Pure conversions of inputs that repeat for every quote of a platform, memoised (bounded):
-# dcap-qvl itself is still asked about every quote, with the same objects it would be given
-# fresh (its collateral object is immutable), and re-checks everything in it on every call.
+# Pure conversions of inputs that repeat for every quote of a platform are remembered in the
+# caller's VerificationCache: dcap-qvl itself is still asked about every quote, with the same
+# objects it would be given fresh (its collateral object is immutable).
 
 
-@functools.lru_cache(maxsize=32)
-def _dcap_collateral(collateral: Collateral) -> object:
-    return to_dcap_qvl(collateral)
-
-
-def _dcap_collateral_of(collateral: Collateral) -> object:
+def _dcap_collateral_of(collateral: Collateral, cache: VerificationCache) -> object:
     try:
-        return _dcap_collateral(collateral)
-    except TypeError:  # a field that is not bytes cannot key the memo: convert it directly
+        return cache.get("dcap_collateral", collateral, lambda: to_dcap_qvl(collateral))
+    except TypeError:  # a field that is not bytes cannot key the cache: convert it directly
         return to_dcap_qvl(collateral)
 
 
-@functools.lru_cache(maxsize=8)
-def _root_der(trust_root: TrustRoot) -> bytes:
-    return trust_root.certificate.public_bytes(Encoding.DER)
-
-
 def run_dcap_qvl(
-    quote: bytes, collateral: Collateral, *, trust_root: TrustRoot, now: datetime
+    quote: bytes,
+    collateral: Collateral,
+    *,
+    trust_root: TrustRoot,
+    now: datetime,
+    cache: VerificationCache | None = None,
 ) -> DcapQvlResult:
     """Ask dcap-qvl (pinned to the same root, at the same second) and normalise its answer."""
-    root_der = _root_der(trust_root)
+    cache = cache if cache is not None else VerificationCache.disabled()
+    root_der = trust_root.certificate.public_bytes(Encoding.DER)
     try:
-        theirs = _dcap_collateral_of(collateral)
+        theirs = _dcap_collateral_of(collateral, cache)
     except CollateralError:
         return DcapQvlResult(False, error="collateral text is not UTF-8", asked=False)
     try:
@@ -106,9 +106,8 @@ def _tcb_info_version(collateral: Collateral) -> int | None:
     return _json_version(bytes(collateral.tcb_info))
 
 
-@functools.lru_cache(maxsize=32)
 def _json_version(data: bytes) -> int | None:
-    """The top-level "version" of a JSON object (memoised: the same TCB Info every quote)."""
+    """The top-level "version" of a JSON object."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):
@@ -129,6 +128,12 @@ def not_applicable(quote: Quote, collateral: Collateral) -> str | None:
         return "dcap-qvl is consulted on TDX quotes v4 only"
     elif isinstance(body, TdReport10) and body.debug:
         return "dcap-qvl refuses debug TDs"
+    elif isinstance(body, TdReport10) and not (
+        int.from_bytes(body.td_attributes, "little") & TD_ATTRIBUTE_SEPT_VE_DISABLE
+    ):
+        # A policy choice (require_sept_ve_disable), not a verification result: Intel's QVL
+        # has no such check, so dcap-qvl's refusal must not turn it into "invalid".
+        return "dcap-qvl refuses TDs without SEPT_VE_DISABLE (a policy matter here)"
     version = _tcb_info_version(collateral)
     if version is not None and version != 3:
         return f"dcap-qvl cannot read TCB Info v{version}"
@@ -136,12 +141,19 @@ def not_applicable(quote: Quote, collateral: Collateral) -> str | None:
 
 
 def confirm_acceptance(
-    ours: VerifiedQuote, collateral: Collateral, *, trust_root: TrustRoot, now: datetime
+    ours: VerifiedQuote,
+    collateral: Collateral,
+    *,
+    trust_root: TrustRoot,
+    now: datetime,
+    cache: VerificationCache | None = None,
 ) -> str | None:
     """dcap-qvl's status if it agrees with our acceptance, None if it does not apply."""
     if not_applicable(ours.quote, collateral) is not None:
         return None
-    theirs = run_dcap_qvl(ours.quote.to_bytes(), collateral, trust_root=trust_root, now=now)
+    theirs = run_dcap_qvl(
+        ours.quote.to_bytes(), collateral, trust_root=trust_root, now=now, cache=cache
+    )
     if not theirs.asked:
         return None  # only in parts we do not read (we refuse non-ASCII where we read)
     mine = f"{ours.tcb_status.value} {list(ours.advisory_ids)}"
@@ -171,10 +183,15 @@ def confirm_rejection(
     trust_root: TrustRoot,
     now: datetime,
     ours: AttestationError,
+    cache: VerificationCache | None = None,
 ) -> None:
     """Raise VerifierDisagreementError if dcap-qvl accepts what we rejected with `ours`."""
     if isinstance(ours, FormatError):
         return  # unparsable or deliberately unsupported: applicability cannot be decided
+    if isinstance(ours, CollateralWindowError | CollateralUnavailableError):
+        # Outside its window (dcap-qvl does not check a CRL's thisUpdate) or never obtained:
+        # a collateral answer, not a judgement of the evidence for dcap-qvl to overturn.
+        return
     try:
         parsed = quote if isinstance(quote, Quote) else parse_quote(quote)
     except FormatError:  # pragma: no cover - ours would have been a FormatError
@@ -182,7 +199,7 @@ def confirm_rejection(
     if not_applicable(parsed, collateral) is not None:
         return
     raw = quote if isinstance(quote, bytes) else parsed.to_bytes()
-    theirs = run_dcap_qvl(raw, collateral, trust_root=trust_root, now=now)
+    theirs = run_dcap_qvl(raw, collateral, trust_root=trust_root, now=now, cache=cache)
     if theirs.accepted:
         mine = f"rejected at {ours.step}: {ours.message}"
         raise VerifierDisagreementError(

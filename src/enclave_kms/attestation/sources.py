@@ -31,7 +31,12 @@ from enclave_kms.attestation.collateral import (
 )
 from enclave_kms.attestation.tcb_info import EnclaveIdentity, TcbInfo
 from enclave_kms.attestation.types import Collateral
-from enclave_kms.errors import CollateralError, ConfigError, FormatError
+from enclave_kms.errors import (
+    CollateralError,
+    CollateralUnavailableError,
+    ConfigError,
+    FormatError,
+)
 
 TEES = ("sgx", "tdx")
 PCK_CAS = ("processor", "platform")
@@ -115,7 +120,7 @@ class FileCollateralSource:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            raise CollateralError(
+            raise CollateralUnavailableError(
                 f"cannot read collateral file {self.path.name}: {exc.strerror or 'error'}"
             ) from None
         return load_collateral(data)
@@ -188,7 +193,9 @@ class PccsClient:
                 if response.status_code != 200:
                     code = response.headers.get("Error-Code", "")
                     detail = f" ({code[:40]})" if code.isprintable() and code else ""
-                    raise CollateralError(f"PCCS {what}: HTTP {response.status_code}{detail}")
+                    raise CollateralUnavailableError(
+                        f"PCCS {what}: HTTP {response.status_code}{detail}"
+                    )
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
@@ -196,7 +203,7 @@ class PccsClient:
                         raise CollateralError(f"PCCS {what}: response larger than {self._max} B")
                 return bytes(body), response.headers
         except httpx.HTTPError as exc:
-            raise CollateralError(f"PCCS {what}: {type(exc).__name__}") from None
+            raise CollateralUnavailableError(f"PCCS {what}: {type(exc).__name__}") from None
 
     @staticmethod
     def _chain(headers: httpx.Headers, names: tuple[str, ...], what: str) -> bytes:

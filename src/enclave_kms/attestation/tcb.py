@@ -3,7 +3,7 @@
 Follows Intel's QVL ("TcbLevelCheck", "TdxModuleCheck", "EnclaveReportVerifier") so that our
 statuses are the ones Intel's own verifier reports:
 
-* Platform: the first TCB level (in the order Intel signs them, highest first) whose 16 SGX
+* Platform: the first TCB level (in Intel's QVL order, see `ordered_levels`) whose 16 SGX
   component SVNs are all <= the PCK certificate's and whose PCESVN is <= the certificate's.
   For TDX the level must also match the TD report's TEE_TCB_SVN against `tdxtcbcomponents`;
   when TEE_TCB_SVN[1] (the TDX module major version) is non-zero, indexes 0 and 1 belong to the
@@ -12,7 +12,8 @@ statuses are the ones Intel's own verifier reports:
 * Quoting enclave: MRSIGNER and ISVPRODID equal, MISCSELECT and ATTRIBUTES equal under the mask
   byte by byte in quote byte order (never as big-endian integers), and the first QE TCB level
   whose ISVSVN is <= the QE's.
-* Convergence (Intel's `convergeTcbStatusWithQeTcbStatus`): an OutOfDate QE or module turns
+* Convergence (Intel's `convergeTcbStatusWithQeTcbStatus`): a QE or module status other than
+  UpToDate and Revoked counts as OutOfDate (as Intel's QVL reduces it); an OutOfDate one turns
   UpToDate/SWHardeningNeeded into OutOfDate and the configuration statuses into
   OutOfDateConfigurationNeeded; a Revoked one makes the result Revoked; otherwise the platform
   status stands. Advisory IDs are the union of all levels used, sorted.
@@ -55,7 +56,14 @@ class PlatformTcb:
 
 
 def converge(status: TcbStatus, other: TcbStatus) -> TcbStatus:
-    """Fold a QE or TDX-module status (UpToDate/OutOfDate/Revoked) into a platform status."""
+    """Fold a QE or TDX-module status into a platform status, as Intel's QVL does.
+
+    Intel's QVL reduces the QE's (and the TDX module's) own status to three outcomes before
+    converging: UpToDate, Revoked, and *everything else* as OutOfDate (its enclave-report
+    check answers ISVSVN_OUT_OF_DATE for any non-UpToDate, non-Revoked level).
+    """
+    if other not in (TcbStatus.UP_TO_DATE, TcbStatus.REVOKED):
+        other = TcbStatus.OUT_OF_DATE
     if other == TcbStatus.OUT_OF_DATE:
         if status in _OK_OR_HARDENING:
             return TcbStatus.OUT_OF_DATE
@@ -71,7 +79,12 @@ def merge_advisories(*groups: Iterable[str]) -> tuple[str, ...]:
 
 
 def check_tcb_info_applies(tcb_info: TcbInfo, pck: PckExtension, *, tdx: bool) -> None:
-    """The TCB Info must be for this TEE and this platform (FMSPC and PCE-ID of the PCK cert)."""
+    """The TCB Info must be for this TEE and this platform (FMSPC and PCE-ID of the PCK cert),
+    and of tcbType 0, the only one Intel defines (Intel's QVL refuses any other)."""
+    if tcb_info.tcb_type != 0:
+        raise TcbLevelError(
+            f"TCB Info tcbType {tcb_info.tcb_type} is not supported (only 0)", step=STEP_TCB
+        )
     tcb_id = tcb_info.id or "SGX"  # v2 has no id and describes SGX only
     if tdx and (tcb_info.version < 3 or tcb_id != "TDX"):
         raise TcbLevelError(
@@ -173,6 +186,26 @@ def check_tdx_module(tcb_info: TcbInfo, td: TdReport10) -> QeTcbLevel | None:
     return level
 
 
+def ordered_levels(levels: Sequence[TcbLevel], *, tdx: bool) -> list[TcbLevel]:
+    """TCB levels in the order Intel's QVL walks them, not the document's: highest first by
+    (SGX component SVNs, PCESVN, and for TDX the TDX component SVNs), compared
+    lexicographically; of levels that compare equal only the first listed is kept (QVL keeps
+    them in a set)."""
+
+    def key(level: TcbLevel) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
+        tdx_key = tuple(level.tdx_components or ()) if tdx else ()
+        return (tuple(level.sgx_components), level.pce_svn, tdx_key)
+
+    seen: set[tuple[tuple[int, ...], int, tuple[int, ...]]] = set()
+    unique = []
+    for level in levels:
+        k = key(level)
+        if k not in seen:
+            seen.add(k)
+            unique.append(level)
+    return sorted(unique, key=key, reverse=True)
+
+
 def match_platform_tcb(
     tcb_info: TcbInfo, pck: PckExtension, *, td: TdReport10 | None = None
 ) -> PlatformTcb:
@@ -181,7 +214,7 @@ def match_platform_tcb(
     components = tuple(pck.tcb_components)
     sgx_level: TcbLevel | None = None
     tdx_level: TcbLevel | None = None
-    for level in tcb_info.tcb_levels:
+    for level in ordered_levels(tcb_info.tcb_levels, tdx=td is not None):
         if not _sgx_matches(level, components, pck.pce_svn):
             continue
         if sgx_level is None:

@@ -65,27 +65,39 @@ def spki_sha256(cert: x509.Certificate) -> str:
 
 @dataclass(frozen=True)
 class TrustRoot:
-    """A root of trust for PCK chains and collateral, pinned by its public key.
+    """A root of trust for PCK chains and collateral, identified by its public key only.
 
-    `simulated` is true for a per-installation simulated root (DESIGN §7). A simulated root is
-    never trusted implicitly: callers pass it explicitly, and policy must name it too.
+    Intel's production root (`intel_production`, built in) is the only root trusted without
+    being named. Any other root (a per-installation simulated root, Intel's test PKI, a private
+    root) is `production == False`, and a policy must name it by SPKI hash before evidence that
+    chains to it is accepted. The subject text decides nothing: Intel's test root carries the
+    production subject.
     """
 
     certificate: x509.Certificate
-    simulated: bool
 
     @property
     def spki_sha256(self) -> str:
         return spki_sha256(self.certificate)
 
+    @property
+    def production(self) -> bool:
+        """True only for the key of Intel's production SGX Root CA."""
+        return self.spki_sha256 == INTEL_SGX_ROOT_SPKI_SHA256
+
+    @property
+    def simulated(self) -> bool:
+        """Not Intel's production root (simulated, test PKI or private): must be named."""
+        return not self.production
+
     @classmethod
     def from_pem(cls, pem: bytes) -> TrustRoot:
-        """Load an explicitly given root; it is marked simulated if its subject says so."""
+        """Load an explicitly given root (production or not is decided by its key)."""
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except ValueError as exc:
             raise ConfigError(f"trust root is not a PEM certificate: {exc}") from None
-        return cls(cert, simulated=is_simulated_root(cert))
+        return cls(cert)
 
     @classmethod
     def intel_production(cls) -> TrustRoot:
@@ -93,14 +105,15 @@ class TrustRoot:
         from importlib.resources import files
 
         pem = (files("enclave_kms.attestation") / "intel_sgx_root_ca.pem").read_bytes()
-        root = cls(x509.load_pem_x509_certificate(pem), simulated=False)
-        if root.spki_sha256 != INTEL_SGX_ROOT_SPKI_SHA256:  # pragma: no cover - packaging fault
+        root = cls(x509.load_pem_x509_certificate(pem))
+        if not root.production:  # pragma: no cover - packaging fault
             raise ConfigError("bundled Intel SGX Root CA does not match the pinned key")
         return root
 
 
 def is_simulated_root(cert: x509.Certificate) -> bool:
-    """Simulated roots always carry "Simulated" in their subject (DESIGN §7)."""
+    """Whether a *foreign* root's subject says "Simulated" (DESIGN §7). Used only to word the
+    refusal of a chain that does not end in the pinned key; it never grants or decides trust."""
     return "simulated" in cert.subject.rfc4514_string().lower()
 
 
@@ -124,7 +137,7 @@ class VerifiedQuote:
     collateral_expiry: datetime
     verified_at: datetime
     root_spki_sha256: str
-    simulated_root: bool
+    simulated_root: bool  # the root is not Intel's production key (see TrustRoot)
     second_opinion: str | None = None  # dcap-qvl's status when it was consulted
 
     @property

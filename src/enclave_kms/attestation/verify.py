@@ -42,7 +42,6 @@ nextUpdate / notAfter of everything checked.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -57,6 +56,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enclave_kms.attestation import second_opinion as dcap
 from enclave_kms.attestation import x509chain
+from enclave_kms.attestation.cache import VerificationCache
 from enclave_kms.attestation.tcb import (
     converge,
     match_platform_tcb,
@@ -71,6 +71,7 @@ from enclave_kms.errors import (
     CertificateChainError,
     CollateralError,
     CollateralExpiredError,
+    CollateralNotYetValidError,
     FormatError,
     SignatureError,
     UnsupportedFormatError,
@@ -140,93 +141,116 @@ def _check_now(now: datetime) -> None:
         raise UsageError("now must be a timezone-aware datetime")
 
 
-# --------------------------------------------------------------------------- memoised checks
+# --------------------------------------------------------------------------- cached checks
 #
-# Pure checks over immutable inputs (bytes, certificates, a datetime), memoised: every quote of
-# a platform shares the same collateral, chains and QE report, so re-verifying costs only the
-# quote's own signature and grading. Failures raise and are therefore never cached; keys are
-# the full inputs.
+# Pure checks over immutable inputs, remembered in the caller's `VerificationCache` (never in
+# module state): every quote of a platform shares the same collateral, chains and QE report,
+# so re-verifying costs only the quote's own signature and grading. Keys are the exact input
+# bytes and never contain `now`; every validity window is re-checked at `now` on each use.
 
 
-@functools.lru_cache(maxsize=64)
-def _pem_chain(pem: bytes, what: str, step: str) -> tuple[x509.Certificate, ...]:
-    return tuple(x509chain.load_pem_chain(pem, what=what, step=step))
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
 
 
-@functools.lru_cache(maxsize=64)
+def _pem_chain(
+    cache: VerificationCache, pem: bytes, what: str, step: str
+) -> tuple[x509.Certificate, ...]:
+    return cache.get(
+        "pem_chain",
+        bytes(pem),
+        lambda: tuple(x509chain.load_pem_chain(pem, what=what, step=step)),
+    )
+
+
 def _chain(
+    cache: VerificationCache,
     certs: tuple[x509.Certificate, ...],
     trust_root: TrustRoot,
     now: datetime,
     *,
     what: str,
     step: str,
-    leaf_is_ca: bool = False,
 ) -> x509chain.VerifiedChain:
-    return x509chain.verify_chain(
-        certs, trust_root, now, what=what, step=step, leaf_is_ca=leaf_is_ca
+    key = (tuple(_der(c) for c in certs), trust_root.spki_sha256, what)
+    chain = cache.get(
+        "chain",
+        key,
+        lambda: x509chain.build_chain(certs, trust_root, what=what, step=step),
     )
+    x509chain.check_chain_validity(chain, now, what=what, step=step)
+    return chain
 
 
-@functools.lru_cache(maxsize=64)
 def _crl(
-    der: bytes, issuer: x509.Certificate, now: datetime, what: str, step: str
+    cache: VerificationCache,
+    der: bytes,
+    issuer: x509.Certificate,
+    now: datetime,
+    *,
+    what: str,
+    step: str,
 ) -> tuple[x509.CertificateRevocationList, datetime]:
-    crl = x509chain.load_crl(der, what=what, step=step)
-    return crl, x509chain.verify_crl(crl, issuer, now, what=what, step=step)
+    def check() -> tuple[x509.CertificateRevocationList, datetime, datetime]:
+        crl = x509chain.load_crl(der, what=what, step=step)
+        this_update, next_update = x509chain.check_crl(crl, issuer, what=what, step=step)
+        return crl, this_update, next_update
+
+    crl, this_update, next_update = cache.get("crl", (bytes(der), _der(issuer), what), check)
+    x509chain.check_crl_window(this_update, next_update, now, what=what, step=step)
+    return crl, next_update
 
 
-@functools.lru_cache(maxsize=32)
-def _parse_tcb_info(data: bytes) -> TcbInfo:
-    try:
-        return TcbInfo.parse(data)
-    except FormatError as exc:
-        raise CollateralError(f"TCB Info: {exc.message}", step=STEP_TCB_INFO) from None
+def _parse_tcb_info(cache: VerificationCache, data: bytes) -> TcbInfo:
+    def parse() -> TcbInfo:
+        try:
+            return TcbInfo.parse(data)
+        except FormatError as exc:
+            raise CollateralError(f"TCB Info: {exc.message}", step=STEP_TCB_INFO) from None
+
+    return cache.get("tcb_info", bytes(data), parse)
 
 
-@functools.lru_cache(maxsize=32)
-def _parse_qe_identity(data: bytes) -> EnclaveIdentity:
-    try:
-        return EnclaveIdentity.parse(data)
-    except FormatError as exc:
-        raise CollateralError(f"QE Identity: {exc.message}", step=STEP_QE_IDENTITY) from None
+def _parse_qe_identity(cache: VerificationCache, data: bytes) -> EnclaveIdentity:
+    def parse() -> EnclaveIdentity:
+        try:
+            return EnclaveIdentity.parse(data)
+        except FormatError as exc:
+            raise CollateralError(f"QE Identity: {exc.message}", step=STEP_QE_IDENTITY) from None
+
+    return cache.get("qe_identity", bytes(data), parse)
 
 
-@functools.lru_cache(maxsize=128)
-def _p256_signature_verified(
-    point: bytes, signature: bytes, data: bytes, what: str, step: str
-) -> None:
-    """A signature check keyed by the exact key point, signature and signed bytes."""
-    try:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    except ValueError:  # pragma: no cover - the point came from a valid key object
-        raise SignatureError(f"{what}: signer key is not ECDSA P-256", step=step) from None
-    verify_p256_signature(key, signature, data, what=what, step=step)
-
-
-def verify_p256_signature_memoised(
-    key: object, signature: bytes, data: bytes, *, what: str, step: str
+def verify_p256_signature_cached(
+    cache: VerificationCache,
+    key: object,
+    signature: bytes,
+    data: bytes,
+    *,
+    what: str,
+    step: str,
 ) -> None:
     """`verify_p256_signature` for bytes that repeat across quotes: the TCB Info and QE
     Identity (same for every quote of a platform until the next refresh) and the QE report
-    (same until the quoting enclave restarts). The memo holds successes only, keyed by the
-    full uncompressed key point, signature and data, so one changed byte is a fresh check.
-    """
-    point = _require_p256(key, what=what, step=step).public_bytes(
-        Encoding.X962, PublicFormat.UncompressedPoint
+    (same until the quoting enclave restarts). Keyed by the full uncompressed key point,
+    signature and data, so one changed byte is a fresh check."""
+    p256 = _require_p256(key, what=what, step=step)
+    point = p256.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    cache.get(
+        "p256_signature",
+        (point, bytes(signature), bytes(data)),
+        lambda: verify_p256_signature(p256, signature, data, what=what, step=step),
     )
-    _p256_signature_verified(point, bytes(signature), bytes(data), what, step)
 
 
-@functools.lru_cache(maxsize=64)
-def _pck_extension_of(leaf_der: bytes) -> tuple[PckExtension, str]:
-    try:
-        leaf = x509.load_der_x509_certificate(leaf_der)
-        return parse_pck_extension(leaf), pck_ca_kind(leaf)
-    except FormatError as exc:
-        raise CertificateChainError(exc.message, step=STEP_PCK_CHAIN) from None
-    except ValueError as exc:  # pragma: no cover - the DER came from a parsed certificate
-        raise CertificateChainError(f"PCK certificate: {exc}", step=STEP_PCK_CHAIN) from None
+def _pck_extension(cache: VerificationCache, leaf: x509.Certificate) -> tuple[PckExtension, str]:
+    def parse() -> tuple[PckExtension, str]:
+        try:
+            return parse_pck_extension(leaf), pck_ca_kind(leaf)
+        except FormatError as exc:
+            raise CertificateChainError(exc.message, step=STEP_PCK_CHAIN) from None
+
+    return cache.get("pck_extension", _der(leaf), parse)
 
 
 # --------------------------------------------------------------------------- steps
@@ -236,9 +260,7 @@ def parse_and_check_quote(quote: bytes | Quote) -> Quote:
     """Parse (if needed) and check the header fields a verifier depends on."""
     parsed = quote if isinstance(quote, Quote) else parse_quote(quote)
     header = parsed.header
-    if header.version == 5:
-        raise UnsupportedFormatError("quote version 5 is not supported (3 and 4 are)")
-    if header.version not in (3, 4):
+    if header.version not in (3, 4, 5):
         raise UnsupportedFormatError(f"quote version {header.version} is not supported")
     if header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise UnsupportedFormatError(
@@ -280,6 +302,7 @@ def _pck_certificates(
 
 
 def _verify_signed_json(
+    cache: VerificationCache,
     body: bytes,
     signature: bytes,
     issuer_chain: bytes,
@@ -291,13 +314,13 @@ def _verify_signed_json(
     step: str,
 ) -> x509chain.VerifiedChain:
     """Signing chain into the root (not revoked), then the raw signature over the exact bytes."""
-    certs = _pem_chain(issuer_chain, f"{what} issuer chain", step)
-    chain = _chain(certs, trust_root, now, what=f"{what} signing chain", step=step)
+    certs = _pem_chain(cache, issuer_chain, f"{what} issuer chain", step)
+    chain = _chain(cache, certs, trust_root, now, what=f"{what} signing chain", step=step)
     for cert in chain.issued_by_root:
         x509chain.check_not_revoked(root_crl, cert, what="the root CA CRL", step=step)
     x509chain.require_role(chain.leaf, TCB_SIGNING_ROLE, what=f"{what} signer", step=step)
     key = x509chain.public_key(chain.leaf, what=f"{what} signing certificate", step=step)
-    verify_p256_signature_memoised(key, signature, body, what=what, step=step)
+    verify_p256_signature_cached(cache, key, signature, body, what=what, step=step)
     return chain
 
 
@@ -305,7 +328,7 @@ def _check_window(
     issue_date: datetime, next_update: datetime, now: datetime, *, what: str, step: str
 ) -> None:
     if now < issue_date:
-        raise CollateralExpiredError(
+        raise CollateralNotYetValidError(
             f"{what} is not yet valid at {now.isoformat()} (issueDate {issue_date.isoformat()})",
             step=step,
         )
@@ -317,7 +340,10 @@ def _check_window(
 
 
 def _verify_pck_crl(
-    collateral: Collateral, pck: x509chain.VerifiedChain, now: datetime
+    cache: VerificationCache,
+    collateral: Collateral,
+    pck: x509chain.VerifiedChain,
+    now: datetime,
 ) -> datetime:
     """The PCK CRL must be the one of the leaf's own issuer (Processor vs Platform CA).
 
@@ -325,14 +351,17 @@ def _verify_pck_crl(
     the pinned root; `pck_crl_issuer_chain` only repeats that CA and is not consulted (as in
     dcap-qvl), so it can neither add trust nor cause a spurious rejection.
     """
-    crl, next_update = _crl(collateral.pck_crl, pck.leaf_issuer, now, "PCK CRL", STEP_PCK_CRL)
+    crl, next_update = _crl(
+        cache, collateral.pck_crl, pck.leaf_issuer, now, what="PCK CRL", step=STEP_PCK_CRL
+    )
     x509chain.check_not_revoked(crl, pck.leaf, what="the PCK CRL", step=STEP_PCK_CRL)
     return next_update
 
 
-def _verify_qe_report(quote: Quote, pck_leaf: x509.Certificate) -> None:
+def _verify_qe_report(cache: VerificationCache, quote: Quote, pck_leaf: x509.Certificate) -> None:
     sig = quote.signature_data
-    verify_p256_signature_memoised(
+    verify_p256_signature_cached(
+        cache,
         x509chain.public_key(pck_leaf, what="PCK certificate", step=STEP_QE_REPORT_SIGNATURE),
         sig.qe_report_signature,
         sig.qe_report.to_bytes(),
@@ -358,10 +387,6 @@ def _verify_quote_signature(quote: Quote) -> None:
     )
 
 
-def _pck_extension(leaf: x509.Certificate) -> tuple[PckExtension, str]:
-    return _pck_extension_of(leaf.public_bytes(Encoding.DER))
-
-
 def verify_quote_only(
     quote: bytes | Quote,
     collateral: Collateral,
@@ -369,28 +394,31 @@ def verify_quote_only(
     trust_root: TrustRoot,
     now: datetime,
     pck_chain: Sequence[x509.Certificate] | None = None,
+    cache: VerificationCache | None = None,
 ) -> VerifiedQuote:
     """Our verification alone, without the dcap-qvl second opinion (see `verify_quote`)."""
     _check_now(now)
+    cache = cache if cache is not None else VerificationCache.disabled()
     parsed = parse_and_check_quote(quote)
     tee = "TDX" if parsed.is_tdx else "SGX"
 
     # PCK chain into the pinned root, and the CRLs that cover it.
     pck_certs = tuple(_pck_certificates(parsed, pck_chain))
-    pck = _chain(pck_certs, trust_root, now, what="PCK", step=STEP_PCK_CHAIN)
+    pck = _chain(cache, pck_certs, trust_root, now, what="PCK", step=STEP_PCK_CHAIN)
     if len(pck.certificates) < 3:
         raise CertificateChainError("PCK chain must be leaf, PCK CA and root", step=STEP_PCK_CHAIN)
     x509chain.require_role(pck.leaf, PCK_ROLE, what="PCK leaf", step=STEP_PCK_CHAIN)
-    pck_ext, pck_ca = _pck_extension(pck.leaf)
+    pck_ext, pck_ca = _pck_extension(cache, pck.leaf)
     root_crl, root_crl_next = _crl(
-        collateral.root_ca_crl, pck.root, now, "root CA CRL", STEP_ROOT_CRL
+        cache, collateral.root_ca_crl, pck.root, now, what="root CA CRL", step=STEP_ROOT_CRL
     )
     for cert in (pck.root, *pck.issued_by_root):
         x509chain.check_not_revoked(root_crl, cert, what="the root CA CRL", step=STEP_ROOT_CRL)
-    pck_crl_expiry = _verify_pck_crl(collateral, pck, now)
+    pck_crl_expiry = _verify_pck_crl(cache, collateral, pck, now)
 
     # TCB Info and QE Identity: signed by the TCB signing key, current at `now`.
     tcb_chain = _verify_signed_json(
+        cache,
         collateral.tcb_info,
         collateral.tcb_info_signature,
         collateral.tcb_info_issuer_chain,
@@ -400,11 +428,12 @@ def verify_quote_only(
         what="TCB Info",
         step=STEP_TCB_INFO,
     )
-    tcb_info = _parse_tcb_info(collateral.tcb_info)
+    tcb_info = _parse_tcb_info(cache, collateral.tcb_info)
     _check_window(
         tcb_info.issue_date, tcb_info.next_update, now, what="TCB Info", step=STEP_TCB_INFO
     )
     qe_chain = _verify_signed_json(
+        cache,
         collateral.qe_identity,
         collateral.qe_identity_signature,
         collateral.qe_identity_issuer_chain,
@@ -414,7 +443,7 @@ def verify_quote_only(
         what="QE Identity",
         step=STEP_QE_IDENTITY,
     )
-    qe_identity = _parse_qe_identity(collateral.qe_identity)
+    qe_identity = _parse_qe_identity(cache, collateral.qe_identity)
     _check_window(
         qe_identity.issue_date,
         qe_identity.next_update,
@@ -430,7 +459,7 @@ def verify_quote_only(
         )
 
     # The quote itself: QE report by the PCK key, its binding, the quote by the attestation key.
-    _verify_qe_report(parsed, pck.leaf)
+    _verify_qe_report(cache, parsed, pck.leaf)
     _verify_quote_signature(parsed)
 
     # Grading: QE identity and TCB levels.
@@ -474,6 +503,7 @@ def verify_quote(
     now: datetime,
     pck_chain: Sequence[x509.Certificate] | None = None,
     second_opinion: bool = True,
+    cache: VerificationCache | None = None,
 ) -> VerifiedQuote:
     """Verify a DCAP quote against collateral at `now`; raise a typed AttestationError if not.
 
@@ -483,16 +513,21 @@ def verify_quote(
     / TDX v4, chain in the quote): both must accept and agree on status and advisories, or both
     must reject. A Revoked TCB is a successful verification here (`tcb_status` says so and
     policy rejects it), as in Intel's QVL where it is a verification result, not an error.
+    `cache` remembers the time-free checks across calls (see `cache.py`); without one,
+    nothing is remembered. Callers normally use `appraise`, which also applies the policy.
     """
+    cache = cache if cache is not None else VerificationCache.disabled()
     try:
         ours = verify_quote_only(
-            quote, collateral, trust_root=trust_root, now=now, pck_chain=pck_chain
+            quote, collateral, trust_root=trust_root, now=now, pck_chain=pck_chain, cache=cache
         )
     except AttestationError as exc:
         if second_opinion and pck_chain is None:
-            dcap.confirm_rejection(quote, collateral, trust_root=trust_root, now=now, ours=exc)
+            dcap.confirm_rejection(
+                quote, collateral, trust_root=trust_root, now=now, ours=exc, cache=cache
+            )
         raise
     if not second_opinion or pck_chain is not None:
         return ours
-    theirs = dcap.confirm_acceptance(ours, collateral, trust_root=trust_root, now=now)
+    theirs = dcap.confirm_acceptance(ours, collateral, trust_root=trust_root, now=now, cache=cache)
     return ours if theirs is None else replace(ours, second_opinion=theirs)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
@@ -34,26 +34,19 @@ from enclave_kms.errors import (
     CertificateChainError,
     CollateralError,
     CollateralExpiredError,
+    CollateralNotYetValidError,
     RevokedError,
     SignatureError,
     SimulatedRootError,
     UntrustedRootError,
 )
+from enclave_kms.sgx.pck import X509_ERRORS
 
 # Intel chains have 2 or 3 certificates; anything much longer is not Intel's PKI.
 MAX_CHAIN_LENGTH = 5
 
 # Everything `cryptography` raises on bad input (some fields are decoded lazily, on access).
-CRYPTO_ERRORS = (
-    ValueError,
-    TypeError,
-    UnicodeError,
-    InvalidSignature,
-    UnsupportedAlgorithm,
-    x509.DuplicateExtension,
-    x509.InvalidVersion,
-    x509.UnsupportedGeneralNameType,
-)
+CRYPTO_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, InvalidSignature)
 
 
 def common_name(name: x509.Name) -> str:
@@ -122,6 +115,8 @@ class VerifiedChain:
     """
 
     certificates: tuple[x509.Certificate, ...]
+    # The chain's own copy of the root, when it carried one (its validity is checked too).
+    root_copy: x509.Certificate | None = None
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -239,17 +234,42 @@ def verify_chain(
     The leaf is an end-entity signer, or with `leaf_is_ca` a CA (a CRL issuer chain).
     Raises CertificateChainError (does not build, bad signature, outside validity, constraints,
     unreadable field), UntrustedRootError / SimulatedRootError (ends in another root).
+    This is `build_chain` (time-free, cacheable) followed by `check_chain_validity` at `now`.
     """
+    chain = build_chain(certs, trust_root, what=what, step=step, leaf_is_ca=leaf_is_ca)
+    check_chain_validity(chain, now, what=what, step=step)
+    return chain
+
+
+def build_chain(
+    certs: Sequence[x509.Certificate],
+    trust_root: TrustRoot,
+    *,
+    what: str,
+    step: str,
+    leaf_is_ca: bool = False,
+) -> VerifiedChain:
+    """Everything about a chain that does not depend on the time: encodings, issuance
+    signatures, CA constraints, the root pin. The result may be cached; validity may not."""
     try:
-        return _verify_chain(certs, trust_root, now, what=what, step=step, leaf_is_ca=leaf_is_ca)
+        return _build_chain(certs, trust_root, what=what, step=step, leaf_is_ca=leaf_is_ca)
     except CRYPTO_ERRORS as exc:  # cryptography decodes some fields lazily
         raise CertificateChainError(f"{what}: unreadable certificate ({exc})", step=step) from None
 
 
-def _verify_chain(
+def check_chain_validity(chain: VerifiedChain, now: datetime, *, what: str, step: str) -> None:
+    """Every certificate of a built chain (and the chain's own root copy) is valid at `now`."""
+    if chain.root_copy is not None:
+        label = f"{what}: the chain's root certificate"
+        _check_validity(chain.root_copy, now, what=label, step=step)
+    for i, cert in enumerate(chain.certificates[:-1]):
+        _check_validity(cert, now, what=f"{what} certificate {i}", step=step)
+    _check_validity(chain.root, now, what="the trust root", step="trust_root")
+
+
+def _build_chain(
     certs: Sequence[x509.Certificate],
     trust_root: TrustRoot,
-    now: datetime,
     *,
     what: str,
     step: str,
@@ -263,10 +283,12 @@ def _verify_chain(
     pinned = trust_root.certificate
     pinned_key = spki_der(pinned, what="trust root", step="trust_root")
     last = chain[-1]
+    root_copy = None
     if spki_der(last, what=f"{what} root", step=step) == pinned_key:
         # The chain carries its own copy of the root: as Intel's QVL does, it must be a valid
         # self-signature of the pinned key, current at `now`; below it, every issuance is
         # checked against the pinned certificate itself.
+        require_strict_signature(last.public_bytes(Encoding.DER), what=f"{what} root", step=step)
         try:
             last.verify_directly_issued_by(last)
         except CRYPTO_ERRORS as exc:
@@ -274,7 +296,7 @@ def _verify_chain(
                 f"{what}: the chain's root certificate is not validly self-signed ({exc})",
                 step=step,
             ) from None
-        _check_validity(last, now, what=f"{what}: the chain's root certificate", step=step)
+        root_copy = last
         body = chain[:-1]
     else:
         body = chain
@@ -288,6 +310,7 @@ def _verify_chain(
     for i, cert in enumerate(body):
         issuer = full[i + 1]
         label = f"{what} certificate {i}"
+        require_strict_signature(cert.public_bytes(Encoding.DER), what=label, step=step)
         try:
             cert.verify_directly_issued_by(issuer)
         except CRYPTO_ERRORS as exc:
@@ -297,16 +320,62 @@ def _verify_chain(
                 f"{describe(issuer, 'its successor')}: {detail}",
                 step=step,
             ) from None
-        _check_validity(cert, now, what=label, step=step)
         if i == 0 and leaf_is_ca:
             _check_ca(cert, 0, what=label, step=step)
         elif i == 0:
             _check_leaf(cert, what=label, step=step)
         if i + 1 < len(body):
             _check_ca(issuer, i, what=f"{what} certificate {i + 1}", step=step)
-    _check_validity(pinned, now, what="the trust root", step="trust_root")
     _check_ca(pinned, len(body) - 1, what="the trust root", step="trust_root")
-    return VerifiedChain(tuple(full))
+    return VerifiedChain(tuple(full), root_copy)
+
+
+# --------------------------------------------------------------------------- strict DER
+
+
+def _der_header(data: bytes, offset: int, *, what: str) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at `offset`; DER rules only:
+    one-byte tags, definite minimal lengths (what OpenSSL's X.509 decoder enforces)."""
+    if offset + 2 > len(data):
+        raise ValueError(f"{what}: truncated DER")
+    tag, first = data[offset], data[offset + 1]
+    pos = offset + 2
+    if tag & 0x1F == 0x1F:
+        raise ValueError(f"{what}: multi-byte DER tag")
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + count > len(data):
+            raise ValueError(f"{what}: indefinite or oversized DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        if data[pos] == 0 or length < 0x80:
+            raise ValueError(f"{what}: non-minimal DER length")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError(f"{what}: DER length beyond the data")
+    return tag, pos, pos + length
+
+
+def require_strict_signature(der: bytes, *, what: str, step: str) -> None:
+    """A signed object (certificate or CRL: SEQUENCE { tbs, algorithm, BIT STRING }) must be
+    one DER element whose signature BIT STRING declares no unused bits. OpenSSL, Intel's QVL and
+    dcap-qvl refuse such signatures; `cryptography`'s `verify_directly_issued_by` and
+    `is_signature_valid` alone do not, so we check the encoding ourselves."""
+    try:
+        tag, start, end = _der_header(der, 0, what=what)
+        if tag != 0x30 or end != len(der):
+            raise ValueError(f"{what}: not exactly one DER SEQUENCE")
+        pos = start
+        for _ in range(2):  # tbs, signatureAlgorithm
+            _t, _s, pos = _der_header(der, pos, what=what)
+        tag, sig_start, sig_end = _der_header(der, pos, what=what)
+        if tag != 0x03 or sig_end != end or sig_start == sig_end:
+            raise ValueError(f"{what}: signature is not the last element, a BIT STRING")
+        if der[sig_start] != 0:
+            raise ValueError(f"{what}: signature BIT STRING declares {der[sig_start]} unused bits")
+    except ValueError as exc:
+        raise SignatureError(f"{exc} (not strict DER)", step=step) from None
 
 
 # --------------------------------------------------------------------------- CRLs
@@ -330,26 +399,40 @@ def verify_crl(
     step: str,
 ) -> datetime:
     """Check a CRL is `issuer`'s, signed by it and current at `now`; return its nextUpdate."""
+    this_update, next_update = check_crl(crl, issuer, what=what, step=step)
+    check_crl_window(this_update, next_update, now, what=what, step=step)
+    return next_update
+
+
+def check_crl(
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    *,
+    what: str,
+    step: str,
+) -> tuple[datetime, datetime]:
+    """The time-free part of `verify_crl` (cacheable): issuer, strict DER, signature, cRLSign.
+    Returns (thisUpdate, nextUpdate)."""
     try:
-        return _verify_crl(crl, issuer, now, what=what, step=step)
+        return _check_crl(crl, issuer, what=what, step=step)
     except CRYPTO_ERRORS as exc:  # cryptography decodes some fields lazily
         raise CollateralError(f"{what}: unreadable CRL ({exc})", step=step) from None
 
 
-def _verify_crl(
+def _check_crl(
     crl: x509.CertificateRevocationList,
     issuer: x509.Certificate,
-    now: datetime,
     *,
     what: str,
     step: str,
-) -> datetime:
+) -> tuple[datetime, datetime]:
     if crl.issuer != issuer.subject:
         raise CollateralError(
             f"{what} is issued by '{common_name(crl.issuer)}', expected "
             f"'{common_name(issuer.subject)}'",
             step=step,
         )
+    require_strict_signature(crl.public_bytes(Encoding.DER), what=what, step=step)
     try:
         valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except CRYPTO_ERRORS as exc:
@@ -365,8 +448,15 @@ def _verify_crl(
         raise CollateralError(f"{what}: unreadable update times ({exc})", step=step) from None
     if next_update is None:
         raise CollateralError(f"{what}: has no nextUpdate", step=step)
+    return this_update, next_update
+
+
+def check_crl_window(
+    this_update: datetime, next_update: datetime, now: datetime, *, what: str, step: str
+) -> None:
+    """thisUpdate <= now <= nextUpdate (nextUpdate itself still valid, as in Intel's QVL)."""
     if now < this_update:
-        raise CollateralExpiredError(
+        raise CollateralNotYetValidError(
             f"{what} is not yet valid at {now.isoformat()} (thisUpdate {this_update.isoformat()})",
             step=step,
         )
@@ -375,7 +465,6 @@ def _verify_crl(
             f"{what} expired at {next_update.isoformat()} (checked at {now.isoformat()})",
             step=step,
         )
-    return next_update
 
 
 def check_not_revoked(

@@ -55,8 +55,10 @@ def from_server_cmd(
     settings = replace(connection(ctx, url=url), policy=None)  # the policy is the output
     wait = wait_for_trust_root(settings, wait)
     root = settings.load_trust_root()
-    # Verify everything cryptographically, but accept any enclave: that is what TOFU means.
+    # Appraise everything cryptographically (the SDK's connect is `appraise`), but accept any
+    # enclave: that is what TOFU means, and the policy says so by its unsafe name.
     observe = Policy(
+        any_enclave_unsafe=True,
         allow_debug=True,
         accepted_tcb_statuses=tuple(TcbStatus),
         simulated_root=root.spki_sha256 if root is not None and root.simulated else None,

@@ -26,7 +26,7 @@ from enclave_kms.attestation.evidence import (
     load_evidence,
     strip_comment_lines,
 )
-from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy, validate
+from enclave_kms.attestation.policy import Policy
 from enclave_kms.attestation.types import TrustRoot, VerifiedQuote
 from enclave_kms.errors import EnclaveKMSError, PolicyError, UsageError
 from enclave_kms.sgx.pck import parse_pck_extension, pck_ca_kind
@@ -250,7 +250,27 @@ def verify_cmd(
         str | None, typer.Option("--at", help="Verification time, RFC 3339 (default: now).")
     ] = None,
     policy: Annotated[
-        str | None, typer.Option("--policy", help="Policy TOML (default: strict built-in).")
+        str | None,
+        typer.Option(
+            "--policy",
+            help="Policy TOML pinning the enclave (required, or the flag --any-enclave-unsafe).",
+        ),
+    ] = None,
+    any_enclave_unsafe: Annotated[
+        bool,
+        typer.Option(
+            "--any-enclave-unsafe",
+            help="No policy file: accept ANY genuine enclave (strict otherwise). Unsafe to "
+            "trust; for checking that evidence is genuine.",
+        ),
+    ] = False,
+    form: Annotated[
+        str | None,
+        typer.Option(
+            "--form",
+            help="Declared evidence form (raw-quote, oe-report, oe-evidence, tutorial-json, "
+            "ratls-certificate): other forms are refused, never reinterpreted.",
+        ),
     ] = None,
     trust_root: Annotated[
         str | None,
@@ -265,18 +285,28 @@ def verify_cmd(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Verify evidence against collateral at a time, then check it against a policy."""
+    """Appraise evidence: verify it against collateral at a time, then check the policy."""
+    from enclave_kms.attestation.appraise import appraise
+    from enclave_kms.attestation.cache import VerificationCache
     from enclave_kms.attestation.collateral import load_collateral
-    from enclave_kms.attestation.verify import verify_quote
 
     # Gather every input first, so a usage mistake never costs a verification.
     now = parse_rfc3339(at) if at is not None else datetime.now(UTC)
     raw = _read(file, "evidence")
     # Published OE vectors carry `#` licence lines before the binary endorsements.
     collateral_bytes = strip_comment_lines(_read(collateral, "collateral"))
-    chosen_policy = (
-        Policy.from_toml(_read(policy, "policy")) if policy is not None else DEFAULT_POLICY
-    )
+    if policy is not None and any_enclave_unsafe:
+        raise UsageError("--policy and --any-enclave-unsafe exclude each other")
+    if policy is not None:
+        chosen_policy = Policy.from_toml(_read(policy, "policy"))
+    elif any_enclave_unsafe:
+        chosen_policy = Policy(any_enclave_unsafe=True)
+    else:
+        raise UsageError(
+            "quote verify needs --policy FILE (a policy pinning the enclave's identity), or "
+            "--any-enclave-unsafe to only check that the evidence is genuine"
+        )
+    declared = _form(form) if form is not None else None
     root = (
         TrustRoot.from_pem(_read(trust_root, "trust root"))
         if trust_root is not None
@@ -284,24 +314,28 @@ def verify_cmd(
     )
     chain = _load_chain(pck_chain) if pck_chain is not None else None
 
-    evidence = load_evidence(raw)
-    evidence.check_bindings(now=now)
-    verified = verify_quote(
-        evidence.quote_bytes,
-        load_collateral(collateral_bytes),
-        trust_root=root,
-        now=now,
-        pck_chain=chain,
-        second_opinion=not no_second_opinion,
-    )
+    evidence = load_evidence(raw, form=declared)
     violations: tuple[str, ...] = ()
     try:
-        validate(verified, chosen_policy)
+        verified = appraise(
+            evidence,
+            chosen_policy,
+            expected_report_data=None,
+            now=now,
+            collateral=load_collateral(collateral_bytes),
+            cache=VerificationCache.disabled(),
+            trust_root=root,
+            form=declared,
+            pck_chain=chain,
+            second_opinion=not no_second_opinion,
+        ).verified
     except PolicyError as exc:
-        violations = exc.violations
+        if not isinstance(exc.subject, VerifiedQuote):
+            raise
+        verified, violations = exc.subject, exc.violations
     summary = {"form": evidence.form.value, **verified_summary(verified)}
     summary["policy"] = {
-        "source": policy or "default",
+        "source": policy or "any-enclave-unsafe",
         "ok": not violations,
         "violations": list(violations),
     }
@@ -314,6 +348,14 @@ def verify_cmd(
         console.print(verdict, markup=False)
     if violations:
         raise PolicyError(violations)
+
+
+def _form(value: str) -> EvidenceForm:
+    try:
+        return EvidenceForm(value.strip().lower())
+    except ValueError:
+        names = ", ".join(f.value for f in EvidenceForm)
+        raise UsageError(f"--form {value!r}: one of {names}") from None
 
 
 def _load_chain(path: str) -> list[x509.Certificate]:

@@ -9,9 +9,10 @@
    no evidence → AttestationError, another key → BindingError);
 2. collateral: the server's answer carries it (it is signed, so its transport does not matter),
    or a `CollateralSource` such as a PCCS is asked for it;
-3. verify the certificate's quote against the trust root at `now` (`verify_quote`: Intel's root
-   by default; a simulated root only if passed explicitly), then the policy (`validate`: every
-   violation, PolicyError; a simulated root must also be named by the policy);
+3. appraise the certificate's evidence (`attestation.appraise`: verification against the trust
+   root at `now` — Intel's root by default, any other only if passed explicitly and named by
+   key in the policy — then the policy, which must pin an identity: every violation,
+   PolicyError);
 4. liveness: the answer is about the same key, its quote verifies, its report_data[0:32] is
    SHA-256(SHA-256(SPKI) ‖ our nonce) — so a recorded answer cannot be replayed — and it comes
    from the same enclave identity as the certificate's (BindingError, step "liveness").
@@ -36,21 +37,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from enclave_kms.attestation.appraise import appraise
+from enclave_kms.attestation.cache import VerificationCache
 from enclave_kms.attestation.collateral import load_collateral
-from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy, validate
-from enclave_kms.attestation.ratls import RaTlsCertificate, verify_ratls_certificate
+from enclave_kms.attestation.evidence import EvidenceForm
+from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy, require_identity
+from enclave_kms.attestation.ratls import (
+    RaTlsCertificate,
+    extract_evidence,
+    verify_ratls_certificate,
+)
 from enclave_kms.attestation.sources import CollateralSource
 from enclave_kms.attestation.types import Collateral, TrustRoot, VerifiedQuote
-from enclave_kms.attestation.verify import verify_quote
 from enclave_kms.errors import (
     BindingError,
     CollateralError,
     ConfigError,
-    EnclaveKMSError,
     FormatError,
+    PolicyError,
 )
-from enclave_kms.sgx.pck import parse_pck_extension, pck_ca_kind
-from enclave_kms.sgx.quote import parse_quote
 from enclave_kms.sgx.report import ReportBody
 from enclave_kms.sgx.tutorial import EnclaveInfo
 
@@ -65,17 +70,24 @@ def intel_root() -> TrustRoot:
 
 @dataclass(frozen=True)
 class AttestationSettings:
-    """What a client trusts. The defaults are strict: Intel's root and the default policy
-    (no debug enclave, `UpToDate` only, no simulated root)."""
+    """What a client trusts: a policy that pins the enclave's identity (required: a policy
+    without one is refused here, before any connection, unless it says `any_enclave_unsafe`),
+    Intel's root unless another is given (and named by key in the policy), and where
+    collateral comes from. `cache` remembers time-free verification checks across
+    attestations of this client (see `attestation.cache`)."""
 
     policy: Policy = DEFAULT_POLICY
     trust_root: TrustRoot | None = None
     collateral_source: CollateralSource | None = None
     second_opinion: bool = True
+    cache: VerificationCache = dataclasses.field(
+        default_factory=VerificationCache, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, Policy):
             raise ConfigError("policy must be an enclave_kms.attestation.policy.Policy")
+        require_identity(self.policy)
         if self.trust_root is not None and not isinstance(self.trust_root, TrustRoot):
             raise ConfigError("trust_root must be an enclave_kms.attestation.types.TrustRoot")
 
@@ -191,9 +203,11 @@ class AttestedServer:
         return out
 
     def enclave_info(self) -> EnclaveInfo:
-        """The tutorial's enclave-info JSON for the certificate's evidence: QuoteHex is the
-        quote, EnclaveHeldDataHex the certificate's DER SPKI (report_data[0:32] hashes it)."""
-        return EnclaveInfo.from_report(self.verified.quote, self.certificate.spki_der)
+        """The tutorial's enclave-info JSON for the certificate's appraised evidence: QuoteHex
+        is the quote, EnclaveHeldDataHex what its report_data[0:32] hashes (the DICE claims
+        naming the key, or the DER SPKI for a legacy-only certificate)."""
+        held = extract_evidence(self.certificate).held_data
+        return EnclaveInfo.from_report(self.verified.quote, held)
 
 
 def begin(
@@ -206,19 +220,6 @@ def begin(
     if not 16 <= len(chosen) <= 64:
         raise ConfigError("the liveness nonce must be 16 to 64 bytes")
     return PendingAttestation(cert, quote, chosen)
-
-
-def collateral_request(quote: bytes) -> tuple[str, bytes, str]:
-    """(tee, fmspc, pck_ca) selecting the collateral of a quote, from its own PCK leaf."""
-    parsed = parse_quote(quote)
-    try:
-        leaf = parsed.pck_certificates()[0]
-    except (EnclaveKMSError, IndexError):
-        raise CollateralError(
-            "the quote carries no PCK certificate, so its collateral cannot be looked up"
-        ) from None
-    ext = parse_pck_extension(leaf)
-    return ("tdx" if parsed.is_tdx else "sgx"), ext.fmspc, pck_ca_kind(leaf)
 
 
 def liveness_report_data(spki_sha256: bytes, nonce: bytes) -> bytes:
@@ -239,32 +240,59 @@ def finish(
     now: datetime,
     url: str,
 ) -> AttestedServer:
-    """Steps 2-4: collateral, verify and validate the certificate's quote, then liveness."""
+    """Steps 2-4: appraise the certificate's evidence under the policy, then liveness.
+
+    Both the certificate and the liveness answer go through `appraise` (the one entry point):
+    the certificate binds its own key, the answer must bind SHA-256(SPKI hash ‖ our nonce).
+    """
     answer = AttestationAnswer.parse(answer_doc)
-    if settings.collateral_source is not None:
-        tee, fmspc, pck_ca = collateral_request(pending.quote)
-        collateral = settings.collateral_source.get_collateral(tee=tee, fmspc=fmspc, pck_ca=pck_ca)
-    else:
-        collateral = answer.collateral()
+    collateral: Collateral | CollateralSource = (
+        settings.collateral_source
+        if settings.collateral_source is not None
+        else answer.collateral()
+    )
     root = settings.root
-    verified = verify_quote(
-        pending.quote,
-        collateral,
-        trust_root=root,
+    cert = appraise(
+        pending.certificate.der,
+        settings.policy,
+        expected_report_data=None,  # the certificate's own key binding is checked by form
         now=now,
+        collateral=collateral,
+        cache=settings.cache,
+        trust_root=root,
+        form=EvidenceForm.RATLS_CERTIFICATE,
         second_opinion=settings.second_opinion,
     )
-    validate(verified, settings.policy)
+    verified = cert.verified
 
     if not hmac.compare_digest(answer.certificate.spki_der, pending.certificate.spki_der):
         raise BindingError(
             "the attestation answer is about another TLS key than the one the server presented",
             step="liveness",
         )
-    fresh = verify_quote(
-        answer.quote, collateral, trust_root=root, now=now, second_opinion=settings.second_opinion
-    )
     expected = liveness_report_data(pending.certificate.spki_sha256, pending.nonce)
+    try:
+        fresh = appraise(
+            answer.quote,
+            settings.policy,
+            expected_report_data=expected,
+            now=now,
+            collateral=collateral,
+            cache=settings.cache,
+            trust_root=root,
+            form=EvidenceForm.RAW_QUOTE,
+            second_opinion=settings.second_opinion,
+        ).verified
+    except PolicyError as exc:
+        # A genuine answer that fails the policy: say first whether it is even about us.
+        if isinstance(exc.subject, VerifiedQuote):
+            _check_liveness(exc.subject, verified, expected)
+        raise
+    _check_liveness(fresh, verified, expected)
+    return AttestedServer(url, pending.certificate, verified, fresh, pending.nonce)
+
+
+def _check_liveness(fresh: VerifiedQuote, verified: VerifiedQuote, expected: bytes) -> None:
     if not hmac.compare_digest(fresh.report_data[:32], expected):
         raise BindingError(
             "the attestation answer does not bind our nonce and the server's key "
@@ -276,5 +304,3 @@ def finish(
             "the attestation answer comes from another enclave than the certificate's evidence",
             step="liveness",
         )
-    validate(fresh, settings.policy)
-    return AttestedServer(url, pending.certificate, verified, fresh, pending.nonce)

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
+from enclave_kms.attestation.appraise import appraise
+from enclave_kms.attestation.cache import VerificationCache
 from enclave_kms.attestation.collateral import load_collateral
+from enclave_kms.attestation.evidence import EvidenceForm
 from enclave_kms.attestation.policy import Policy
 from enclave_kms.attestation.types import TrustRoot, VerifiedQuote
-from enclave_kms.attestation.verify import verify_quote
 from enclave_kms.channel import ChannelPolicy, SecureChannel
-from enclave_kms.errors import BindingError, ChannelStateError, ConfigError
+from enclave_kms.errors import BindingError, ChannelStateError, ConfigError, PolicyError
 
 if TYPE_CHECKING:
     from enclave_kms.enclave.runtime import EnclaveRuntime
@@ -36,6 +38,8 @@ class ChannelEcalls:
     def __init__(self, runtime: EnclaveRuntime) -> None:
         self._rt = runtime
         self._channel: SecureChannel | None = None
+        self._policy: Policy | None = None
+        self._cache = VerificationCache()  # this enclave's peers' chains and collateral
         self._lock = threading.Lock()
 
     def handlers(self) -> dict[str, Any]:
@@ -49,13 +53,31 @@ class ChannelEcalls:
         }
 
     def _verify_peer(self, evidence: bytes, expected_report_data: bytes) -> VerifiedQuote:
+        """The peer check is `appraise`: evidence, the channel policy, the peer key's hash."""
         settings = self._rt.config.channel
         root = TrustRoot.from_pem(bytes(settings["trust_root_pem"]))
         collateral = load_collateral(self._rt.host.collateral_for(evidence))
-        verified = verify_quote(evidence, collateral, trust_root=root, now=datetime.now(UTC))
-        if verified.report_data[:32] != expected_report_data:
-            raise BindingError("peer evidence does not bind the peer's channel key")
-        return verified
+        policy = self._policy
+        if policy is None:
+            raise ChannelStateError("no secure channel is configured for this enclave")
+        try:
+            return appraise(
+                evidence,
+                policy,
+                expected_report_data=expected_report_data,
+                now=datetime.now(UTC),
+                collateral=collateral,
+                cache=self._cache,
+                trust_root=root,
+                form=EvidenceForm.RAW_QUOTE,
+            ).verified
+        except PolicyError as exc:
+            subject = exc.subject
+            if isinstance(subject, VerifiedQuote) and subject.report_data[:32] != (
+                expected_report_data
+            ):
+                raise BindingError("peer evidence does not bind the peer's channel key") from None
+            raise
 
     def _get(self) -> SecureChannel:
         with self._lock:
@@ -70,6 +92,7 @@ class ChannelEcalls:
                     role = str(settings["role"])
                 except KeyError as exc:
                     raise ConfigError(f"channel configuration lacks {exc.args[0]}") from None
+                self._policy = policy.to_policy()
                 self._channel = SecureChannel(role, self._verify_peer, policy)
             return self._channel
 

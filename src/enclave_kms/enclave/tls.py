@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from enclave_kms.attestation import dice
 from enclave_kms.attestation.ratls import make_ratls_certificate
 from enclave_kms.errors import PlatformError
 
@@ -100,6 +101,11 @@ def issue_identity(
     """A fresh RA-TLS certificate for `key`, with evidence from `quote_for(report_data)`.
     Names that are IP addresses become IP SANs (clients that check them need that)."""
     quote = quote_for(report_data_for_spki(spki_der(key)))
+    # TCG DICE tagged evidence beside the legacy quote, as Gramine >= 1.8 (its own quote binds
+    # the claims, which bind the key), so DICE-only RA-TLS verifiers accept us too.
+    claims = dice.claims_for(spki_der(key))
+    bound = hashlib.sha256(claims).digest().ljust(64, b"\0")
+    tagged = dice.build_tagged_evidence(quote_for(bound), claims)
     cert = make_ratls_certificate(
         key,
         quote,
@@ -107,6 +113,7 @@ def issue_identity(
         not_before=now - NOT_BEFORE_SLACK,
         not_after=now + lifetime,
         dns_names=dns_names,
+        tagged_evidence=tagged,
     )
     return TlsIdentity(key, cert, quote)
 

@@ -13,12 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import namedtype, univ
 
 from enclave_kms.errors import FormatError, UnsupportedFormatError
+
+# Everything `cryptography` raises on malformed certificates and CRLs, including fields it
+# decodes lazily (extensions, names): not all of them are ValueErrors (fuzzing found
+# DuplicateExtension and InvalidVersion escaping). Parsers catch exactly this tuple.
+X509_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    UnicodeError,
+    OverflowError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+    x509.UnsupportedGeneralNameType,
+)
 
 SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
 _PPID = SGX_EXTENSIONS_OID + ".1"
@@ -203,7 +218,7 @@ def _sgx_extension_value(cert: x509.Certificate) -> bytes:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS_OID))
     except x509.ExtensionNotFound:
         raise FormatError("PCK certificate: no SGX extension (1.2.840.113741.1.13.1)") from None
-    except ValueError as exc:
+    except X509_ERRORS as exc:
         raise FormatError(f"PCK certificate: unreadable extensions ({exc})") from None
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):  # pragma: no cover - unknown OID
@@ -273,7 +288,7 @@ def pck_ca_kind(cert: x509.Certificate) -> str:
     """
     try:
         names = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    except ValueError as exc:
+    except X509_ERRORS as exc:
         raise FormatError(f"PCK certificate issuer: unreadable ({exc})") from None
     cn = str(names[0].value) if names else ""
     if cn.endswith("Processor CA"):

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from enclave_kms.errors import FormatError, UnsupportedFormatError
+from enclave_kms.sgx.pck import X509_ERRORS
 from enclave_kms.sgx.report import ReportBody
 from enclave_kms.sgx.tdx import TdReport10, TdReport15
 
@@ -214,8 +215,10 @@ class CertificationData:
         pem = self.pck_chain_pem()
         try:
             certs = x509.load_pem_x509_certificates(pem)
-        except ValueError as exc:
-            raise FormatError(f"certification data PCK chain: not valid PEM ({exc})") from None
+        except X509_ERRORS as exc:
+            raise FormatError(
+                f"certification data PCK chain: not valid PEM ({type(exc).__name__}: {exc})"
+            ) from None
         return certs
 
 

@@ -394,7 +394,7 @@ class SimPlatform:
 
     def trust_root(self) -> TrustRoot:
         """This installation's simulated root, to be named explicitly by a verifier's policy."""
-        return TrustRoot(self.pki.root_cert, simulated=True)
+        return TrustRoot(self.pki.root_cert)
 
     def pcs(
         self, *, validity: timedelta = DEFAULT_VALIDITY, revoke_pck: bool | None = None
