@@ -10,6 +10,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.client.real_server import RealKMS
+    from tests.pg_server import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 SGX_TESTDATA = REPO / "tests" / "vectors" / "sgx"
@@ -28,3 +29,13 @@ def real_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealKMS]:
 
     with start_real_kms(tmp_path_factory.mktemp("real-kms")) as kms:
         yield kms
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session's storage tests (tests/pg_server.py); a
+    test that stops it starts it again before it ends."""
+    from tests.pg_server import postgres_server
+
+    with postgres_server() as server:
+        yield server

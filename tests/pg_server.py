@@ -9,6 +9,7 @@ fails these tests loudly rather than skipping them.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import socket
@@ -113,6 +114,16 @@ class PostgresServer:
             timeout=60,
         )
         return done.stdout.strip()
+
+
+_databases = itertools.count()
+
+
+def fresh_database(server: PostgresServer) -> str:
+    """The URL of a new, empty database on `server` (one per test keeps tests apart)."""
+    name = f"t{next(_databases)}"
+    server.sql(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + "/" + name
 
 
 @contextmanager

@@ -12,15 +12,9 @@ import pytest
 
 from enclave_kms.errors import ConfigError
 from tests.e2e.conftest import Server, b64, fails, ok, served, unb64
-from tests.pg_server import PostgresServer, postgres_server
+from tests.pg_server import PostgresServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

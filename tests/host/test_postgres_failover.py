@@ -13,7 +13,7 @@ import pytest
 
 from enclave_kms.errors import StorageError
 from enclave_kms.host.storage.postgres import PostgresStorage
-from tests.pg_server import PostgresServer, postgres_server, postgres_standby
+from tests.pg_server import PostgresServer, fresh_database, postgres_server, postgres_standby
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -93,19 +93,18 @@ def test_primary_dies_standby_promoted_no_acknowledged_write_lost(
     print(f"failover: {len(acked)} acknowledged, 0 lost, longest write gap {writer.gap_s:.2f} s")
 
 
-def test_a_server_whose_database_was_taken_stops_writing() -> None:
-    with postgres_server() as primary:
-        _fenced(primary)
-
-
-def _fenced(primary: PostgresServer) -> None:
-    first = PostgresStorage(primary.url)
+def test_a_server_whose_database_was_taken_stops_writing(pg: PostgresServer) -> None:
+    url = fresh_database(pg)
+    name = url.rsplit("/", 1)[1]
+    first = PostgresStorage(url)
     assert first.put("key", "a", 0, b"1")
     # the first server's session is lost (as after a network split) and a second one starts
-    primary.sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    pg.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        db=name,
     )
-    second = PostgresStorage(primary.url)
+    second = PostgresStorage(url)
     assert second.put("key", "b", 0, b"2")
     with pytest.raises(StorageError, match="another enclave-kms server"):
         first.put("key", "c", 0, b"3")

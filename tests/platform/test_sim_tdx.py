@@ -101,16 +101,16 @@ def test_an_altered_td_report_is_refused_by_the_quoting_enclave(platform: SimPla
     body, mac = platform.td_qe.td_report(WORKLOAD, REPORT_DATA)
     forged = TdReport10.parse(body.to_bytes()[:-64] + bytes(64))  # other report data
     with pytest.raises(ReportMacError):
-        platform.td_qe.quote(forged, mac)
+        platform.td_qe.quote_td(forged, mac)
 
 
 def test_another_cpus_td_report_is_refused(platform: SimPlatform, tmp_path: Path) -> None:
     other = SimPlatform.init(tmp_path / "other", root_from=platform)
     body, mac = other.td_qe.td_report(WORKLOAD, REPORT_DATA)
     with pytest.raises(ReportMacError):
-        platform.td_qe.quote(body, mac)
+        platform.td_qe.quote_td(body, mac)
     # on its own CPU it quotes, and chains to the shared root
-    raw = other.td_qe.quote(body, mac)
+    raw = other.td_qe.quote_td(body, mac)
     now = datetime.now(UTC).replace(microsecond=0)
     verified = verify_quote(
         raw, other.tdx_collateral(now), trust_root=platform.trust_root(), now=now

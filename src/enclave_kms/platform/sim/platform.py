@@ -422,7 +422,7 @@ class SimPlatform:
 
     def td_quote(self, td: TdIdentity, report_data: bytes) -> bytes:
         """The DCAP quote v4 a TD running as `td` gets for `report_data` on this CPU."""
-        return self.td_qe.quote(*self.td_qe.td_report(td, report_data))
+        return self.td_qe.quote_td(*self.td_qe.td_report(td, report_data))
 
     # ------------------------------------------------------------------ enclave side
 

@@ -24,13 +24,15 @@ from enclave_kms.platform.sim.pki import ecdsa_sign_raw, public_key_raw
 from enclave_kms.sgx.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
     CERT_TYPE_PCK_CHAIN,
+    CERT_TYPE_QE_REPORT,
     TEE_TYPE_SGX,
     CertificationData,
     EcdsaSignatureData,
     Quote,
     QuoteHeader,
 )
-from enclave_kms.sgx.report import Report, TargetInfo
+from enclave_kms.sgx.report import Report, ReportBody, TargetInfo
+from enclave_kms.sgx.tdx import TdReport10
 
 # Intel's QE vendor id: verifiers (dcap-qvl, Intel's QVL) accept only this one.
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
@@ -89,16 +91,22 @@ class QuotingEnclave:
     def quote(self, report: Report) -> bytes:
         """A DCAP quote v3 over `report`'s body; ReportMacError if the report is not for us."""
         self._cpu.verify_report(self.identity, report)
+        return self.sign_quote(QUOTE_VERSION, TEE_TYPE_SGX, report.body)
+
+    def sign_quote(self, version: int, tee_type: int, body: ReportBody | TdReport10) -> bytes:
+        """Steps 3-6 for an already checked body: sign header + body, bind the attestation key
+        in a report to the PCE, have the PCE certify it, attach the PCK chain (v4 and later
+        wrap all of it in certification data type 6)."""
         header = QuoteHeader(
-            version=QUOTE_VERSION,
+            version=version,
             att_key_type=ATT_KEY_TYPE_ECDSA_P256,
-            tee_type=TEE_TYPE_SGX,
+            tee_type=tee_type,
             qe_svn=self.identity.isv_svn,
             pce_svn=self.pce_svn,
             qe_vendor_id=INTEL_QE_VENDOR_ID,
             user_data=self.qe_id[:16].ljust(20, b"\0"),
         )
-        signed = header.to_bytes() + report.body.to_bytes()
+        signed = header.to_bytes() + body.to_bytes()
         attestation_key = self.attestation_public_key
         binding = hashlib.sha256(attestation_key + QE_AUTH_DATA).digest()
         qe_report = self._cpu.ereport(self.identity, self._pce.target_info(), binding)
@@ -110,5 +118,6 @@ class QuotingEnclave:
             qe_auth_data=QE_AUTH_DATA,
             # Intel's QE writes the PEM chain as a C string: one trailing NUL.
             certification_data=CertificationData(CERT_TYPE_PCK_CHAIN, self._pck_chain_pem + b"\0"),
+            qe_report_cert_type=None if version == QUOTE_VERSION else CERT_TYPE_QE_REPORT,
         )
-        return Quote(header=header, body=report.body, signature_data=signature_data).to_bytes()
+        return Quote(header=header, body=body, signature_data=signature_data).to_bytes()

@@ -37,22 +37,8 @@ from enclave_kms.platform.sim.pcs import (
     SimPcs,
     tcb_levels,
 )
-from enclave_kms.platform.sim.pki import ecdsa_sign_raw, public_key_raw
-from enclave_kms.platform.sim.qe import (
-    INTEL_QE_VENDOR_ID,
-    QE_AUTH_DATA,
-    ProvisioningCertificationEnclave,
-)
-from enclave_kms.sgx.quote import (
-    ATT_KEY_TYPE_ECDSA_P256,
-    CERT_TYPE_PCK_CHAIN,
-    CERT_TYPE_QE_REPORT,
-    TEE_TYPE_TDX,
-    CertificationData,
-    EcdsaSignatureData,
-    Quote,
-    QuoteHeader,
-)
+from enclave_kms.platform.sim.qe import ProvisioningCertificationEnclave, QuotingEnclave
+from enclave_kms.sgx.quote import TEE_TYPE_TDX
 from enclave_kms.sgx.tdx import TdReport10
 
 TD_QE_ISV_PROD_ID = 2  # Intel's TD quoting enclave
@@ -126,8 +112,9 @@ def td_qe_identity(qe: EnclaveIdentity) -> EnclaveIdentity:
     )
 
 
-class TdQuotingEnclave:
-    """Turns TD reports of this CPU into DCAP quotes v4 (type-6 wrapped signature data)."""
+class TdQuotingEnclave(QuotingEnclave):
+    """Intel's TD quoting enclave: the QE's signing flow over TD reports of this CPU's TDX
+    module, as DCAP quotes v4 (type-6 wrapped signature data)."""
 
     def __init__(
         self,
@@ -141,14 +128,10 @@ class TdQuotingEnclave:
         pce_svn: int,
         qe_id: bytes,
     ) -> None:
-        self._cpu = cpu
-        self.identity = identity
-        self._attestation_key = attestation_key
-        self._pce = pce
-        self._pck_chain_pem = pck_chain_pem
+        super().__init__(
+            cpu, identity, attestation_key, pce, pck_chain_pem, pce_svn=pce_svn, qe_id=qe_id
+        )
         self.module = module
-        self.pce_svn = pce_svn
-        self.qe_id = qe_id
 
     def td_report(self, td: TdIdentity, report_data: bytes) -> tuple[TdReport10, bytes]:
         """TDG.MR.REPORT: the TD report body for `td` and its MAC."""
@@ -173,31 +156,10 @@ class TdQuotingEnclave:
         )
         return body, self._cpu.td_report_mac(body.to_bytes())
 
-    def quote(self, body: TdReport10, mac: bytes) -> bytes:
+    def quote_td(self, body: TdReport10, mac: bytes) -> bytes:
         """A DCAP quote v4 over a TD report; ReportMacError if the report is not this CPU's."""
         self._cpu.verify_td_report(body.to_bytes(), mac)
-        header = QuoteHeader(
-            version=TDX_QUOTE_VERSION,
-            att_key_type=ATT_KEY_TYPE_ECDSA_P256,
-            tee_type=TEE_TYPE_TDX,
-            qe_svn=self.identity.isv_svn,
-            pce_svn=self.pce_svn,
-            qe_vendor_id=INTEL_QE_VENDOR_ID,
-            user_data=self.qe_id[:16].ljust(20, b"\0"),
-        )
-        attestation_key = public_key_raw(self._attestation_key)
-        binding = hashlib.sha256(attestation_key + QE_AUTH_DATA).digest()
-        qe_report = self._cpu.ereport(self.identity, self._pce.target_info(), binding)
-        signature_data = EcdsaSignatureData(
-            signature=ecdsa_sign_raw(self._attestation_key, header.to_bytes() + body.to_bytes()),
-            attestation_key=attestation_key,
-            qe_report=qe_report.body,
-            qe_report_signature=self._pce.certify(qe_report),
-            qe_auth_data=QE_AUTH_DATA,
-            certification_data=CertificationData(CERT_TYPE_PCK_CHAIN, self._pck_chain_pem + b"\0"),
-            qe_report_cert_type=CERT_TYPE_QE_REPORT,
-        )
-        return Quote(header=header, body=body, signature_data=signature_data).to_bytes()
+        return self.sign_quote(TDX_QUOTE_VERSION, TEE_TYPE_TDX, body)
 
 
 def tdx_collateral(
