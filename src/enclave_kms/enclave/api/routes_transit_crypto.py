@@ -16,7 +16,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
@@ -28,8 +28,10 @@ from enclave_kms.enclave.api.models import KEY_NAME_REGEX
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller
 from enclave_kms.enclave.api.transit_models import (
     CiphertextIn,
+    CiphertextItemIn,
     DataKeyIn,
     EncryptIn,
+    EncryptItemIn,
     HashIn,
     HmacIn,
     InputItemIn,
@@ -52,10 +54,12 @@ from enclave_kms.enclave.api.transit_support import (
     version_of,
 )
 from enclave_kms.enclave.keys.service import DecryptItem, EncryptItem, KMSService
-from enclave_kms.enclave.keys.types import format_tagged, parse_tagged
+from enclave_kms.enclave.keys.types import BatchResult, format_tagged, parse_tagged
 from enclave_kms.errors import CryptoOperationError, InvalidRequestError
 
 PathName = Annotated[str, Path(pattern=KEY_NAME_REGEX, description="key name")]
+Item = TypeVar("Item", EncryptItem, DecryptItem)
+ItemIn = TypeVar("ItemIn", EncryptItemIn, CiphertextItemIn)
 
 SIGN_HASHES: Final = {"sha2-256": "sha256", "sha2-384": "sha384", "sha2-512": "sha512"}
 """Vault hash name → core name for sign/verify. sha1, sha2-224, sha3-* and none are refused."""
@@ -126,41 +130,53 @@ def encrypt(request: Request, name: PathName, body: EncryptIn) -> Response:
         )
         data = {"ciphertext": to_vault(ct), "key_version": version_of(ct)}
         return envelope(request, data, warnings=ignored(body))
+
+    def parse(item: EncryptItemIn) -> EncryptItem:
+        no_derivation(item.context, item.nonce)
+        latest_only(item.key_version, _latest(kms, name))
+        return EncryptItem(
+            unb64(item.plaintext, "plaintext"), opt_b64(item.associated_data, "associated_data")
+        )
+
+    def render(value: str | bytes) -> dict[str, Any]:
+        assert isinstance(value, str)
+        return {"ciphertext": to_vault(value), "key_version": version_of(value)}
+
+    results = _core_batch(
+        body.batch_input, parse, lambda good: kms.encrypt_batch(name, good), render
+    )
+    return _batch_answer(request, results, body.partial_failure_response_code, ignored(body))
+
+
+def _core_batch(
+    items: list[ItemIn],
+    parse: Callable[[ItemIn], Item],
+    run: Callable[[list[Item]], list[BatchResult]],
+    render: Callable[[str | bytes], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One batch through the core's batch call: items whose own parameters are bad answer an
+    error in their slot and are not sent; the rest run as one batch, in order."""
     slots: list[dict[str, Any] | None] = []
-    good: list[EncryptItem] = []
-    for item in body.batch_input:
+    good: list[Item] = []
+    for item in items:
         try:
-            no_derivation(item.context, item.nonce)
-            latest_only(item.key_version, _latest(kms, name))
-            good.append(
-                EncryptItem(
-                    unb64(item.plaintext, "plaintext"),
-                    opt_b64(item.associated_data, "associated_data"),
-                )
-            )
+            good.append(parse(item))
             slots.append(None)
         except InvalidRequestError as exc:
             slots.append({"error": exc.message, "reference": item.reference})
-    done = iter(kms.encrypt_batch(name, good) if good else [])
+    done = iter(run(good) if good else [])
     results: list[dict[str, Any]] = []
-    for item, slot in zip(body.batch_input, slots, strict=True):
-        if slot is not None:
-            results.append(slot)
+    for item, refused in zip(items, slots, strict=True):
+        if refused is not None:
+            results.append(refused)
             continue
         r = next(done)
-        if isinstance(r.value, str):
-            v = r.value
-            results.append(
-                {
-                    "ciphertext": to_vault(v),
-                    "key_version": version_of(v),
-                    "reference": item.reference,
-                }
-            )
+        if r.error is None and r.value is not None:
+            results.append({**render(r.value), "reference": item.reference})
         else:
             message = r.error.message if r.error is not None else "failed"
             results.append({"error": message, "reference": item.reference})
-    return _batch_answer(request, results, body.partial_failure_response_code, ignored(body))
+    return results
 
 
 def decrypt(request: Request, name: PathName, body: CiphertextIn) -> Response:
@@ -173,32 +189,21 @@ def decrypt(request: Request, name: PathName, body: CiphertextIn) -> Response:
             associated_data=opt_b64(body.associated_data, "associated_data"),
         )
         return envelope(request, {"plaintext": b64(pt)}, warnings=ignored(body))
-    slots: list[dict[str, Any] | None] = []
-    good: list[DecryptItem] = []
-    for item in body.batch_input:
-        try:
-            no_derivation(item.context, item.nonce)
-            good.append(
-                DecryptItem(
-                    to_core(item.ciphertext, "ciphertext"),
-                    opt_b64(item.associated_data, "associated_data"),
-                )
-            )
-            slots.append(None)
-        except InvalidRequestError as exc:
-            slots.append({"error": exc.message, "reference": item.reference})
-    done = iter(kms.decrypt_batch(name, good) if good else [])
-    results: list[dict[str, Any]] = []
-    for item, slot in zip(body.batch_input, slots, strict=True):
-        if slot is not None:
-            results.append(slot)
-            continue
-        r = next(done)
-        if isinstance(r.value, bytes):
-            results.append({"plaintext": b64(r.value), "reference": item.reference})
-        else:
-            message = r.error.message if r.error is not None else "failed"
-            results.append({"error": message, "reference": item.reference})
+
+    def parse(item: CiphertextItemIn) -> DecryptItem:
+        no_derivation(item.context, item.nonce)
+        return DecryptItem(
+            to_core(item.ciphertext, "ciphertext"),
+            opt_b64(item.associated_data, "associated_data"),
+        )
+
+    def render(value: str | bytes) -> dict[str, Any]:
+        assert isinstance(value, bytes)
+        return {"plaintext": b64(value)}
+
+    results = _core_batch(
+        body.batch_input, parse, lambda good: kms.decrypt_batch(name, good), render
+    )
     return _batch_answer(request, results, body.partial_failure_response_code, ignored(body))
 
 
