@@ -40,6 +40,13 @@ class Acks:
     versions: dict[str, int] = field(default_factory=dict)  # key -> latest acknowledged version
     ciphertexts: list[tuple[str, str, bytes]] = field(default_factory=list)
     failures: int = 0
+    not_json: list[str] = field(default_factory=list)  # error answers that were not JSON
+
+    def refused(self, resp: httpx.Response) -> None:
+        """An answer that acknowledged nothing: it must still be a typed JSON error."""
+        if not resp.headers.get("content-type", "").startswith("application/json"):
+            with self.lock:
+                self.not_json.append(f"{resp.status_code} {resp.headers.get('content-type')}")
 
     def count(self) -> int:
         with self.lock:
@@ -55,18 +62,22 @@ def writer(url: str, token: str, prefix: str, acks: Acks, stop: threading.Event)
                 return
             name = f"{prefix}-{i}"
             try:
-                if c.post("/v1/keys", json={"name": name}).status_code != 201:
+                resp = c.post("/v1/keys", json={"name": name})
+                if resp.status_code != 201:
+                    acks.refused(resp)
                     break
                 with acks.lock:
                     acks.versions[name] = 1
                 plain = os.urandom(16)
                 resp = c.post(f"/v1/keys/{name}/encrypt", json={"plaintext": b64(plain)})
                 if resp.status_code != 200:
+                    acks.refused(resp)
                     break
                 with acks.lock:
                     acks.ciphertexts.append((name, resp.json()["ciphertext"], plain))
                 resp = c.post(f"/v1/keys/{name}/rotate")
                 if resp.status_code != 200:
+                    acks.refused(resp)
                     break
                 with acks.lock:
                     acks.versions[name] = resp.json()["latest_version"]
@@ -272,6 +283,9 @@ def test_host_killed_during_a_burst_loses_no_acknowledged_write(serve_cli: Serve
     enclave = serve_cli.enclave_pid
     acks = burst_then_kill(serve_cli.url, token, "hk", host.pid)
     assert host.wait(30) == -signal.SIGKILL
+    # Requests in flight when the host died got typed JSON errors (or a closed connection),
+    # never a text/plain 500.
+    assert not acks.not_json, acks.not_json
 
     # Without its host the enclave has no storage and no audit: it must not live on.
     deadline = time.monotonic() + 60

@@ -472,3 +472,29 @@ def test_the_last_full_admin_cannot_be_revoked(env: Env) -> None:
     m = _principal(env, env.tokens.create_token("m", MANAGE_ORDERS, issuer=s))
     with pytest.raises(PermissionDeniedError):
         env.tokens.create_token("escalate", [ADMIN_POLICY], issuer=m)
+
+
+def test_two_concurrent_revocations_never_leave_no_root_admin(env: Env) -> None:
+    first = env.tokens.init_admin()
+    second = env.tokens.create_token("second", [ADMIN_POLICY], issuer=_principal(env, first))
+    p1, p2 = _principal(env, first), _principal(env, second)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def revoke(target: str, by: Principal) -> None:
+        barrier.wait()
+        try:
+            env.tokens.revoke_token(target, by)
+            outcomes.append("revoked")
+        except ConflictError:
+            outcomes.append("refused")
+
+    threads = [
+        threading.Thread(target=revoke, args=(second.info.id, p1)),
+        threading.Thread(target=revoke, args=(first.info.id, p2)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["refused", "revoked"]
