@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import cbor2
 import pytest
@@ -237,3 +238,102 @@ def test_resumed_log_refuses_a_truncated_log(cut: int) -> None:
     swapped = [*sink.records[:-1], sink.records[-2]]
     with pytest.raises(StateRollbackError, match="audit-truncated"):
         AuditLog(key, swapped.extend, head=head, tail_fn=lambda seq: swapped[seq:])
+
+
+def _record_once_resumed(log: AuditLog, event: AuditEvent) -> None:
+    """The first request after the host is back is refused (it asks the writer to resync);
+    the next ones are recorded."""
+    for _ in range(200):
+        try:
+            log.record(event)
+            return
+        except AuditError:
+            time.sleep(0.01)
+    raise AssertionError("the audit chain did not resume")
+
+
+class FlakySink(Sink):
+    """A host store that can go away: `fail` raises before storing, `lose_ack` stores and
+    then raises (the commit landed, the acknowledgement did not: a database failover)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_ack = False
+
+    def __call__(self, batch: list[bytes]) -> None:
+        self.calls += 1
+        if self.fail:
+            raise OSError("database gone")
+        self.records.extend(batch)
+        if self.lose_ack:
+            raise OSError("connection lost during commit")
+
+    def tail(self, seq: int) -> list[bytes]:
+        if self.fail:
+            raise OSError("database gone")
+        return self.records[seq:]
+
+
+@pytest.mark.parametrize("outage", ["before-store", "after-store"])
+def test_chain_resumes_after_the_host_comes_back(outage: str) -> None:
+    sink = FlakySink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink, tail_fn=sink.tail)
+    log.record(_event(1))
+    if outage == "before-store":
+        sink.fail = True
+    else:
+        sink.lose_ack = True
+    with pytest.raises(AuditError, match="not acknowledged"):
+        log.record(_event(2))
+    sink.lose_ack, sink.fail = False, True
+    with pytest.raises(AuditError):  # still away: refused, the chain stays closed
+        log.record(_event(3))
+    sink.fail = False
+    _record_once_resumed(log, _event(4))  # back: the chain resumes without a restart
+    result = verify_chain(sink.records)  # one chain, no gap, no fork
+    ops = [cbor2.loads(cbor2.loads(r)[0])["request_id"] for r in sink.records[1:]]
+    expected = ["1", "2", "4"] if outage == "after-store" else ["1", "4"]
+    assert ops == expected  # a refused request's record may stay; none is made up
+    assert result.records == len(sink.records)
+    assert log.head[0] == len(sink.records)
+
+
+def test_a_waiter_of_a_failed_batch_never_reads_as_durable() -> None:
+    sink = FlakySink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink, tail_fn=sink.tail)
+    sink.fail = True
+    outcome: list[str] = []
+
+    def waiter() -> None:
+        try:
+            log.record(_event(7))
+            outcome.append("durable")
+        except AuditError:
+            outcome.append("refused")
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(10)
+    sink.fail = False
+    _record_once_resumed(log, _event(10))
+    for i in range(5):
+        log.record(_event(11 + i))  # the chain resumed and passes the old ticket's number
+    assert outcome == ["refused"]
+
+
+def test_a_log_truncated_during_the_outage_is_refused_on_resume() -> None:
+    sink = FlakySink()
+    log = AuditLog(ec.generate_private_key(ec.SECP256R1()), sink, tail_fn=sink.tail)
+    for i in range(3):
+        log.record(_event(i))
+    sink.fail = True
+    with pytest.raises(AuditError):
+        log.record(_event(9))
+    del sink.records[-2:]  # the host drops records the chain already covers
+    sink.fail = False
+    for i in range(20):  # closed for good: never resumed over a log the host cut
+        with pytest.raises(AuditError):
+            log.record(_event(10 + i))
+        time.sleep(0.01)
+    kept = len(sink.records)
+    assert kept == 2  # genesis + the first record: nothing written after the cut

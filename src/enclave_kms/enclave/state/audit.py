@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from enclave_kms.errors import AuditError, StateRollbackError
 GENESIS_PREV = bytes(32)
 MAX_BATCH = 1024  # records per audit_append OCALL (the EDL allows 4096)
 _REFUSED = "audit log unavailable: operation not acknowledged"
+log = logging.getLogger("enclave_kms.enclave")
+
 _FIELDS = ("seq", "prev", "time", "actor", "op", "target", "outcome", "request_id")
 
 
@@ -106,6 +109,9 @@ class AuditLog:
         self._closed = False
         self._durable_upto = -1
         self._failed_from: int | None = None
+        self._failures = 0  # how many times the chain failed closed (a waiter's generation)
+        self._want_resync = False
+        self._tail = tail_fn
         self._next_seq, self._prev = head if head is not None else (0, GENESIS_PREV)
         if tail_fn is not None:
             tail = list(tail_fn(max(self._next_seq - 1, 0)))
@@ -178,23 +184,30 @@ class AuditLog:
         """Queue `event` and return its ticket (its sequence number); caller holds _cond."""
         if self._closed:
             raise AuditError("audit log closed: operation not acknowledged")
-        ticket = self._enqueued
-        if self._failed_from is not None and ticket >= self._failed_from:
+        if self._failed_from is not None:
+            self._want_resync = self._tail is not None  # the writer asks the host, off this path
+            self._start_writer()
+            self._cond.notify_all()
             raise AuditError(_REFUSED)
+        ticket = self._enqueued
         self._enqueued += 1
         self._queue.append(event)
+        self._start_writer()
+        self._cond.notify_all()
+        return ticket
+
+    def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="audit", daemon=True)
             self._writer.start()
-        self._cond.notify_all()
-        return ticket
 
     def record(self, event: AuditEvent) -> None:
         """Append one event; returns only when it is durable. Raises AuditError otherwise."""
         with self._cond:
             ticket = self._enqueue(event)
+            failures = self._failures
             while self._durable_upto < ticket:
-                if self._failed_from is not None and ticket >= self._failed_from:
+                if self._failures != failures:  # its batch failed (the chain may have resumed)
                     raise AuditError(_REFUSED)
                 self._cond.wait()
 
@@ -221,10 +234,19 @@ class AuditLog:
     def _write_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._closed and not self._want_resync:
                     self._cond.wait()
-                if not self._queue:
+                if self._want_resync and not self._closed:
+                    self._want_resync = False
+                    resync = True
+                elif not self._queue:
                     return  # closed and drained
+                else:
+                    resync = False
+            if resync:
+                self._resync()
+                continue
+            with self._cond:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
                 seq, prev = self._next_seq, self._prev
@@ -256,11 +278,41 @@ class AuditLog:
             self._persist_head(seq, prev)
         return seq, prev
 
+    def _resync(self) -> None:
+        """After a failed batch, in the writer thread (enqueueing refuses meanwhile, so the
+        chain's state is this thread's alone): learn from the host where the chain really
+        ends, as a restart does (the last covered record must still be there; what follows
+        it is adopted as far as it is ours), and reopen from there. The failed batch's
+        requests were refused whether or not the host kept their records, so nothing
+        acknowledged is lost and the chain has no gap. While the host cannot answer the chain
+        stays closed (the next request asks again); a truncated log keeps it closed for good,
+        and the next start names it."""
+        assert self._tail is not None
+        try:
+            tail = list(self._tail(max(self._next_seq - 1, 0)))
+            if self._next_seq > 0:
+                self._check_last(tail[0] if tail else None)
+                tail = tail[1:]
+            self._adopt_tail(tail)
+        except StateRollbackError as exc:
+            log.error("audit chain stays closed: %s", exc.message)
+            self._tail = None  # never resume over a log the host cut
+            return
+        except Exception:  # noqa: BLE001 - the host is still unavailable: stay closed
+            return
+        with self._cond:
+            self._failed_from = None
+            self._enqueued = self._next_seq
+            self._durable_upto = self._next_seq - 1
+            self._cond.notify_all()
+
     def _fail(self) -> None:
-        """Fail closed: the batch in flight and everything queued after it is refused for
-        good (a later record could not link to a batch the host may or may not hold)."""
+        """Fail closed: the batch in flight and everything queued after it is refused (a
+        later record could not link to a batch the host may or may not hold) until `_resync`
+        has learnt from the host which it is."""
         with self._cond:
             self._failed_from = self._next_seq
+            self._failures += 1
             self._queue.clear()
             failed, self._waiters = self._waiters, []
             self._cond.notify_all()
