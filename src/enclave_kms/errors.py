@@ -263,6 +263,11 @@ class ConflictError(KMSError):
     code = "conflict"
 
 
+class VersionConflict(ConflictError):
+    """A compare-and-set write lost to a concurrent one: read again and retry
+    (`enclave.state.store.retry_on_conflict`). Other ConflictErrors are final answers."""
+
+
 class KeyStateError(KMSError):
     """The key exists but cannot be used for this (disabled, scheduled for deletion, version)."""
 

@@ -71,7 +71,7 @@ from enclave_kms.enclave.keys.types import (
     parse_tagged,
     validate_key_name,
 )
-from enclave_kms.enclave.state.store import RecordStore
+from enclave_kms.enclave.state.store import RecordStore, all_ids, retry_on_conflict
 from enclave_kms.errors import (
     ConflictError,
     CryptoOperationError,
@@ -111,7 +111,6 @@ MAX_DELETION_WAIT = timedelta(days=30)
 WRAPPING_KEY_BITS = 4096
 _NONCE = 12
 _TAG = 16
-_CAS_RETRIES = 16
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -150,7 +149,8 @@ class KMSService:
 
     def _get(self, name: str) -> tuple[int, KeyRecord] | None:
         """The live record, purging it first if its deletion time has passed."""
-        for _ in range(_CAS_RETRIES):
+
+        def attempt() -> tuple[int, KeyRecord] | None:
             found = self._store.get_parsed("key", name, KeyRecord.from_value)
             if found is None:
                 return None
@@ -158,13 +158,11 @@ class KMSService:
             due = key.deletion_scheduled_at
             if due is None or due > self._now():
                 return version, key
-            try:
-                self._store.delete("key", name, version)
-            except ConflictError:
-                continue  # changed under us (e.g. cancelled): look again
+            self._store.delete("key", name, version)  # changed under us (cancelled)? again
             self._cache.evict(key.uid)
             return None
-        raise ConflictError(f"key {name!r} is being changed concurrently; retry")
+
+        return retry_on_conflict(attempt, f"key {name!r}")
 
     def _load(self, name: str) -> tuple[int, KeyRecord]:
         found = self._get(validate_key_name(name))
@@ -173,16 +171,15 @@ class KMSService:
         return found
 
     def _update(self, name: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
-        """Compare-and-set loop: re-read and re-apply `change` until our write wins."""
-        for _ in range(_CAS_RETRIES):
+        """Re-read and re-apply `change` until our write wins."""
+
+        def attempt() -> KeyRecord:
             version, key = self._load(name)
             new = change(key)
-            try:
-                self._store.put("key", name, version, new.to_value())
-            except ConflictError:
-                continue
+            self._store.put("key", name, version, new.to_value())
             return new
-        raise ConflictError(f"key {name!r} is being changed concurrently; retry")
+
+        return retry_on_conflict(attempt, f"key {name!r}")
 
     def _usable(self, name: str, operation: str) -> KeyRecord:
         """The key if `operation` may run on it now; KeyStateError saying why not."""
@@ -296,46 +293,37 @@ class KMSService:
         keys: list[KeyMetadata] = []
         unreadable: list[str] = []
         shown: list[str] = []
-        scan, more = after, False
-        while not more:
-            ids = self._store.list_ids("key", after=scan, limit=MAX_LIST_LIMIT)
-            for name in ids:
-                if visible is not None and not visible(name):
-                    continue
-                try:
-                    found = self._get(name)
-                except IntegrityError:
-                    found, bad = None, True
-                else:
-                    bad = False
-                if found is None and not bad:
-                    continue  # purged on the way
-                if len(shown) == limit:
-                    more = True
-                    break
-                shown.append(name)
-                if found is None:
-                    unreadable.append(name)
-                else:
-                    keys.append(found[1].metadata())
-            if len(ids) < MAX_LIST_LIMIT or ids[-1] <= scan:
+        more = False
+        for name in all_ids(self._store.list_ids, "key", after=after, page=MAX_LIST_LIMIT):
+            if visible is not None and not visible(name):
+                continue
+            try:
+                found = self._get(name)
+            except IntegrityError:
+                found, bad = None, True
+            else:
+                bad = False
+            if found is None and not bad:
+                continue  # purged on the way
+            if len(shown) == limit:
+                more = True
                 break
-            scan = ids[-1]
+            shown.append(name)
+            if found is None:
+                unreadable.append(name)
+            else:
+                keys.append(found[1].metadata())
         return KeyPage(tuple(keys), shown[-1] if more else None, tuple(unreadable))
 
     def purge_due_keys(self) -> int:
         """Purge every key whose deletion time has passed; returns how many were purged."""
-        purged, after = 0, ""
-        while True:
-            ids = self._store.list_ids("key", after=after, limit=MAX_LIST_LIMIT)
-            for name in ids:
-                try:
-                    purged += self._get(name) is None
-                except IntegrityError:
-                    continue
-            if len(ids) < MAX_LIST_LIMIT or ids[-1] <= after:  # last page (or a lying host)
-                return purged
-            after = ids[-1]
+        purged = 0
+        for name in all_ids(self._store.list_ids, "key", page=MAX_LIST_LIMIT):
+            try:
+                purged += self._get(name) is None
+            except IntegrityError:
+                continue
+        return purged
 
     def read_key(self, name: str) -> KeyMetadata:
         """Metadata and public keys of `name`; never private material."""
@@ -442,7 +430,9 @@ class KMSService:
             if self._wrapping is not None:
                 return self._wrapping
             fresh: rsa.RSAPrivateKey | None = None
-            for _ in range(_CAS_RETRIES):
+
+            def attempt() -> rsa.RSAPrivateKey:
+                nonlocal fresh
                 found = self._store.get("config", "wrapping-key")
                 if found is not None:
                     try:
@@ -453,7 +443,6 @@ class KMSService:
                         key = None
                     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size != WRAPPING_KEY_BITS:
                         raise IntegrityError("the wrapping key record is not an RSA-4096 key")
-                    self._wrapping = key
                     return key
                 fresh = fresh or rsa.generate_private_key(65537, WRAPPING_KEY_BITS)
                 der = fresh.private_bytes(
@@ -462,13 +451,11 @@ class KMSService:
                     serialization.NoEncryption(),
                 )
                 value = {"private_key": der, "created": self._now().isoformat()}
-                try:
-                    self._store.put("config", "wrapping-key", 0, value)
-                except ConflictError:
-                    continue  # another worker created it first: use theirs
-                self._wrapping = fresh
+                self._store.put("config", "wrapping-key", 0, value)  # lost: use theirs
                 return fresh
-            raise ConflictError("the wrapping key is being created concurrently; retry")
+
+            self._wrapping = retry_on_conflict(attempt, "the wrapping key")
+            return self._wrapping
 
     def wrapping_key(self) -> WrappingKey:
         """The public BYOK wrapping key (RSA-4096, SubjectPublicKeyInfo PEM)."""

@@ -17,14 +17,14 @@ records use the storage root key's own derivation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from enclave_kms.enclave.state.cache import RecordCache, require_host_access
 from enclave_kms.enclave.state.head import StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
-from enclave_kms.errors import ConflictError, IntegrityError
+from enclave_kms.errors import ConflictError, IntegrityError, VersionConflict
 
 T = TypeVar("T")
 
@@ -144,7 +144,7 @@ class RecordStore:
         return found.version, parsed
 
     def put(self, kind: str, id: str, expected_version: int, value: Any) -> int:
-        """Write the next version; ConflictError if someone else wrote first."""
+        """Write the next version; VersionConflict if someone else wrote first."""
         require_host_access()
         new_version = expected_version + 1
         blob = self._cipher_for(kind).seal(kind, id, new_version, value)
@@ -158,7 +158,7 @@ class RecordStore:
         if not done:
             if self._cache is not None:
                 self._cache.remove(kind, id)  # the host holds another version: ask it next time
-            raise ConflictError(f"record {kind}/{id} changed concurrently; retry")
+            raise VersionConflict(f"record {kind}/{id} changed concurrently; retry")
         if self._cache is not None:
             self._cache.store(kind, id, new_version, blob)
         return new_version
@@ -180,7 +180,7 @@ class RecordStore:
             if self._cache is not None:  # after the host answered: no read in flight refills it
                 self._cache.remove(kind, id)
         if not deleted:
-            raise ConflictError(f"record {kind}/{id} changed concurrently; retry")
+            raise VersionConflict(f"record {kind}/{id} changed concurrently; retry")
 
     def list_ids(self, kind: str, *, after: str = "", limit: int = 1000) -> list[str]:
         require_host_access()
@@ -190,3 +190,32 @@ class RecordStore:
         if self._tracker is not None:
             self._tracker.check_listing(kind, after, ids, limit)
         return ids
+
+
+CAS_RETRIES = 16
+
+
+def retry_on_conflict(attempt: Callable[[], T], what: str, retries: int = CAS_RETRIES) -> T:
+    """The one compare-and-set loop: run `attempt` (read, decide, write) until its write wins.
+    A VersionConflict means another writer (thread, worker) got there first, so `attempt`
+    reads again; any other error, ConflictError included, is its answer. After `retries`
+    lost races: ConflictError naming `what`."""
+    for _ in range(retries):
+        try:
+            return attempt()
+        except VersionConflict:
+            continue
+    raise ConflictError(f"{what} is being changed concurrently; retry")
+
+
+def all_ids(
+    list_page: Callable[..., list[str]], kind: str, *, after: str = "", page: int = 1000
+) -> Iterator[str]:
+    """Every id of `kind` after `after`, page by page (`list_page(kind, after=, limit=)`),
+    stopping on a short page or on a host that does not move forward."""
+    while True:
+        ids = list_page(kind, after=after, limit=page)
+        yield from ids
+        if len(ids) < page or ids[-1] <= after:
+            return
+        after = ids[-1]

@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore
+from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore, all_ids, retry_on_conflict
 from enclave_kms.errors import (
     ConflictError,
     IntegrityError,
@@ -72,7 +72,6 @@ MAX_TTL = timedelta(days=3650)
 MAX_POLICIES = 64
 MAX_PATTERNS = 64
 MAX_DEPTH = 16  # issuers above a token
-_CAS_RETRIES = 16
 _RECORD_FORMAT = 1
 _TOKEN = re.compile(r"ekms_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
@@ -323,17 +322,16 @@ class TokenService:
         store: RecordStore | None = None,
         ancestors: tuple[str, ...] = (),
     ) -> IssuedToken:
-        store = store or self._store
-        for _ in range(_CAS_RETRIES):
+        into = store or self._store
+
+        def attempt() -> IssuedToken:
             token_id, secret = os.urandom(8).hex(), os.urandom(32)
             info = TokenInfo(token_id, name, policies, self._now(), expires_at, None, ancestors)
             record = _TokenRecord(info, _secret_hash(secret))
-            try:
-                store.put("token", token_id, 0, record.to_value())
-            except ConflictError:
-                continue  # 64-bit id collision: draw another
+            into.put("token", token_id, 0, record.to_value())  # a 64-bit id collision: redraw
             return IssuedToken(f"{TOKEN_PREFIX}{token_id}_{_b64url(secret)}", info)
-        raise ConflictError("could not allocate a token id; retry")
+
+        return retry_on_conflict(attempt, "token id allocation")
 
     def init_admin(self) -> IssuedToken:
         """Issue the first admin token (every operation on every key). Works exactly once
@@ -437,20 +435,14 @@ class TokenService:
             raise InvalidRequestError("limit must be 1..1000")
         tokens: list[TokenInfo] = []
         more = False
-        scan = after
-        while True:
-            ids = self._store.list_ids("token", after=scan, limit=1000)
-            for token_id in ids:
-                found = self._get(token_id)
-                if found is None or (caller is not None and not caller.governs(found[1].info)):
-                    continue
-                if len(tokens) == limit:
-                    more = True
-                    break
-                tokens.append(found[1].info)
-            if more or len(ids) < 1000 or ids[-1] <= scan:
+        for token_id in all_ids(self._store.list_ids, "token", after=after):
+            found = self._get(token_id)
+            if found is None or (caller is not None and not caller.governs(found[1].info)):
+                continue
+            if len(tokens) == limit:
+                more = True
                 break
-            scan = ids[-1]
+            tokens.append(found[1].info)
         return TokenPage(tuple(tokens), tokens[-1].id if more else None)
 
     def revoke_token(self, token_id: str, caller: Principal | None = None) -> TokenInfo:
@@ -458,7 +450,8 @@ class TokenService:
         authentication from now on. Idempotent. With `caller`, only a token it governs; the
         last full admin that never expires cannot be revoked (ConflictError)."""
         self._check_id(token_id)
-        for _ in range(_CAS_RETRIES):
+
+        def attempt() -> TokenInfo:
             found = self._get(token_id)
             if found is None or (caller is not None and not caller.governs(found[1].info)):
                 raise NotFoundError(f"token {token_id} not found")
@@ -467,26 +460,18 @@ class TokenService:
                 return record.info
             revoked = replace(record, info=replace(record.info, revoked_at=self._now()))
             if not self._is_root_admin(record.info):
-                if self._put(token_id, version, revoked):
-                    return revoked.info
-                continue
+                self._store.put("token", token_id, version, revoked.to_value())
+                return revoked.info
             with self._root_lock:
                 if not self._other_root_admin(token_id):
                     raise ConflictError(
                         "the last full admin token that never expires cannot be revoked: "
                         "issue another one first"
                     )
-                if self._put(token_id, version, revoked):
-                    return revoked.info
-        raise ConflictError(f"token {token_id} is being changed concurrently; retry")
+                self._store.put("token", token_id, version, revoked.to_value())
+                return revoked.info
 
-    def _put(self, token_id: str, version: int, record: _TokenRecord) -> bool:
-        """Write `record` over `version`; False if someone else wrote first."""
-        try:
-            self._store.put("token", token_id, version, record.to_value())
-        except ConflictError:
-            return False
-        return True
+        return retry_on_conflict(attempt, f"token {token_id}")
 
     @staticmethod
     def _is_root_admin(info: TokenInfo) -> bool:
@@ -496,21 +481,16 @@ class TokenService:
     def _other_root_admin(self, revoking: str) -> bool:
         """Whether a live never-expiring full admin remains once `revoking` (and hence its
         descendants) is revoked."""
-        after = ""
-        while True:
-            ids = self._store.list_ids("token", after=after, limit=1000)
-            for token_id in ids:
-                found = self._get(token_id)
-                if found is None or token_id == revoking:
-                    continue
-                info = found[1].info
-                if revoking in info.ancestors or info.revoked_at is not None:
-                    continue
-                if self._is_root_admin(info) and self._lineage_live(info):
-                    return True
-            if len(ids) < 1000 or ids[-1] <= after:
-                return False
-            after = ids[-1]
+        for token_id in all_ids(self._store.list_ids, "token"):
+            found = self._get(token_id)
+            if found is None or token_id == revoking:
+                continue
+            info = found[1].info
+            if revoking in info.ancestors or info.revoked_at is not None:
+                continue
+            if self._is_root_admin(info) and self._lineage_live(info):
+                return True
+        return False
 
     def _lineage_live(self, info: TokenInfo) -> bool:
         """Every issuer above `info` still exists, unrevoked and unexpired."""
