@@ -114,7 +114,11 @@ def test_serve_prints_the_right_next_steps_before_and_after_init(tmp_path: Path)
             f"enclave-kms policy from-server {url} --trust-root {root_path} --out policy.toml"
         ) in shown.splitlines()[-2]
         root = TrustRoot.from_pem(root_path.read_bytes())
-        with KMSClient(url, trust_root=root, policy=Policy(simulated_root=root.spki_sha256)) as k:
+        mr_enclave = next(
+            line.split()[-1] for line in shown.splitlines() if line.strip().startswith("MRENCLAVE")
+        )
+        policy = Policy(simulated_root=root.spki_sha256, mr_enclave=(bytes.fromhex(mr_enclave),))
+        with KMSClient(url, trust_root=root, policy=policy) as k:
             k.init()
     finally:
         _stop(first)

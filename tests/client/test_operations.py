@@ -20,8 +20,8 @@ def _operations() -> list[str]:
 def test_both_clients_expose_every_operation_with_one_signature(world: World) -> None:
     names = _operations()
     assert {"encrypt", "import_key", "init", "revoke_token", "sign"} <= set(names)
-    sync = KMSClient("https://127.0.0.1:1", token=TOKEN)
-    aio = AsyncKMSClient("https://127.0.0.1:1", token=TOKEN)
+    sync = KMSClient("https://127.0.0.1:1", token=TOKEN, policy=world.policy())
+    aio = AsyncKMSClient("https://127.0.0.1:1", token=TOKEN, policy=world.policy())
     for name in names:
         blocking, coroutine = getattr(sync, name), getattr(aio, name)
         assert inspect.signature(blocking) == inspect.signature(coroutine), name
