@@ -14,6 +14,7 @@ one database (DESIGN §14) need cross-replica change notification first.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -174,7 +175,11 @@ class PostgresStorage:
     def _close_owner(self) -> None:
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner.close()  # ending the session releases the advisory lock
+            # Release explicitly: the server ends a closed session's backend (and its locks)
+            # only some time after the client has gone, and a successor must not see it held.
+            with contextlib.suppress(psycopg.Error):
+                owner.execute("SELECT pg_advisory_unlock_all()")
+            owner.close()
 
     # ------------------------------------------------------------------ connections
 
