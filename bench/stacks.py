@@ -179,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         print(
             f"| {system.removeprefix('stack:')} | {args.workers} | {hello['rps']:,.0f} "
-            f"({hello['rps_min']:,.0f}–{hello['rps_max']:,.0f}) | {hello['p99_ms']} | "
-            f"{enc['rps']:,.0f} ({enc['rps_min']:,.0f}–{enc['rps_max']:,.0f}) | {enc['p99_ms']} |"
+            f"({hello['rps_min']:,.0f}-{hello['rps_max']:,.0f}) | {hello['p99_ms']} | "
+            f"{enc['rps']:,.0f} ({enc['rps_min']:,.0f}-{enc['rps_max']:,.0f}) | {enc['p99_ms']} |"
         )
     return 0
 

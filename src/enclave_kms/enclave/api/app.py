@@ -45,6 +45,7 @@ from enclave_kms.enclave.api.errors import (
     error_response,
     install_error_handlers,
 )
+from enclave_kms.enclave.api.hot import HotPath
 from enclave_kms.enclave.api.support import (
     BEARER_SCHEME,
     BEARER_SCHEME_DOC,
@@ -225,9 +226,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAPI:
+def create_app(
+    ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT, hot_path: bool = True
+) -> FastAPI:
     """The API over `ctx`, with the transit face at /v1/`transit_mount`. Every request is
-    audited; see the module docstring."""
+    audited; see the module docstring. `hot_path` serves the cryptographic key routes with
+    the thin dispatcher of api/hot.py (False: FastAPI serves every route, the reference the
+    differential test compares it with)."""
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
@@ -246,6 +251,8 @@ def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAP
     for module in (routes_crypto, routes_keys, routes_sys):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
+    if hot_path:  # added first, so it runs inside AuditMiddleware (the last added is outermost)
+        app.add_middleware(HotPath, ctx=ctx)
     app.add_middleware(
         AuditMiddleware,
         audit=ctx.audit,

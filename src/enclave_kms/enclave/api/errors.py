@@ -178,23 +178,29 @@ def validation_message(errors: Sequence[Any]) -> str:
 # --------------------------------------------------------------------------- handlers
 
 
-async def _typed_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, EnclaveKMSError)
+def typed_error_response(scope: Mapping[str, Any], exc: EnclaveKMSError) -> JSONResponse:
+    """The response for a typed error (both HTTP layers: FastAPI's handler and api/hot.py)."""
     status, code = status_for(exc)
     if status >= 500 and code == "internal":
+        slot = request_slot(scope)
         logger.error(
             "unexpected %s on %s (request %s)",
             describe_exception(exc),
-            route_label(request.scope),
-            _request_id(request),
+            route_label(scope),
+            slot.request_id if slot is not None else "-",
         )
         message = INTERNAL_MESSAGE
     else:
         message = exc.message
         if status >= 500:
-            logger.warning("%s (%s) on %s", code, type(exc).__name__, route_label(request.scope))
+            logger.warning("%s (%s) on %s", code, type(exc).__name__, route_label(scope))
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(request.scope, status, code, message, headers)
+    return error_response(scope, status, code, message, headers)
+
+
+async def _typed_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EnclaveKMSError)
+    return typed_error_response(request.scope, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -230,8 +236,3 @@ def install_error_handlers(app: FastAPI) -> None:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unexpected %s on %s", describe_exception(exc), request.url.path)
     return error_response(request.scope, 500, "internal", INTERNAL_MESSAGE)
-
-
-def _request_id(request: Request) -> str:
-    slot = request_slot(request.scope)
-    return slot.request_id if slot is not None else "-"

@@ -12,9 +12,11 @@ reported per item, with the codes of the error table.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel
 
 from enclave_kms.enclave.api.models import (
     KEY_NAME_REGEX,
@@ -53,22 +55,76 @@ def _kms(request: Request) -> KMSService:
     return app_context(request).kms
 
 
+# The operations of the hot routes, written once: the FastAPI endpoints below and the ASGI
+# dispatcher of api/hot.py both call these, with the same request and response models.
+
+
+def do_encrypt(kms: KMSService, name: str, body: EncryptIn) -> CiphertextOut:
+    ct = kms.encrypt(name, body.plaintext, associated_data=body.associated_data)
+    return CiphertextOut(ciphertext=ct)
+
+
+def do_decrypt(kms: KMSService, name: str, body: DecryptIn) -> PlaintextOut:
+    pt = kms.decrypt(name, body.ciphertext, associated_data=body.associated_data)
+    return PlaintextOut(plaintext=pt)
+
+
+def do_rewrap(kms: KMSService, name: str, body: DecryptIn) -> CiphertextOut:
+    ct = kms.rewrap(name, body.ciphertext, associated_data=body.associated_data)
+    return CiphertextOut(ciphertext=ct)
+
+
+def do_datakey(kms: KMSService, name: str, body: DataKeyIn) -> DataKeyOut:
+    found = kms.generate_data_key(
+        name, include_plaintext=body.include_plaintext, associated_data=body.associated_data
+    )
+    return DataKeyOut(ciphertext=found.ciphertext, plaintext=found.plaintext)
+
+
+def do_sign(kms: KMSService, name: str, body: SignIn) -> SignatureOut:
+    signature = kms.sign(
+        name,
+        body.input,
+        hash_algorithm=body.hash_algorithm,
+        signature_algorithm=body.signature_algorithm,
+        prehashed=body.prehashed,
+    )
+    return SignatureOut(signature=signature)
+
+
+def do_verify(kms: KMSService, name: str, body: VerifyIn) -> ValidOut:
+    valid = kms.verify(
+        name,
+        body.input,
+        body.signature,
+        hash_algorithm=body.hash_algorithm,
+        signature_algorithm=body.signature_algorithm,
+        prehashed=body.prehashed,
+    )
+    return ValidOut(valid=valid)
+
+
+def do_hmac(kms: KMSService, name: str, body: HmacIn) -> MacOut:
+    return MacOut(mac=kms.hmac(name, body.input))
+
+
+def do_verify_hmac(kms: KMSService, name: str, body: VerifyHmacIn) -> ValidOut:
+    return ValidOut(valid=kms.verify_hmac(name, body.input, body.mac))
+
+
 def encrypt(request: Request, name: PathName, body: EncryptIn) -> CiphertextOut:
     """AES-256-GCM under the latest version: ``ekms:v<N>:<base64>``."""
-    ct = _kms(request).encrypt(name, body.plaintext, associated_data=body.associated_data)
-    return CiphertextOut(ciphertext=ct)
+    return do_encrypt(_kms(request), name, body)
 
 
 def decrypt(request: Request, name: PathName, body: DecryptIn) -> PlaintextOut:
     """The plaintext, if the ciphertext authenticates under this key and associated data."""
-    pt = _kms(request).decrypt(name, body.ciphertext, associated_data=body.associated_data)
-    return PlaintextOut(plaintext=pt)
+    return do_decrypt(_kms(request), name, body)
 
 
 def rewrap(request: Request, name: PathName, body: DecryptIn) -> CiphertextOut:
     """Re-encrypt under the latest version; the plaintext never leaves the enclave."""
-    ct = _kms(request).rewrap(name, body.ciphertext, associated_data=body.associated_data)
-    return CiphertextOut(ciphertext=ct)
+    return do_rewrap(_kms(request), name, body)
 
 
 def _error(result: BatchResult) -> ItemError | None:
@@ -103,45 +159,27 @@ def decrypt_batch(request: Request, name: PathName, body: DecryptBatchIn) -> Dec
 
 def datakey(request: Request, name: PathName, body: DataKeyIn) -> DataKeyOut:
     """A fresh 256-bit data key encrypted under the key (and in plaintext unless declined)."""
-    found = _kms(request).generate_data_key(
-        name, include_plaintext=body.include_plaintext, associated_data=body.associated_data
-    )
-    return DataKeyOut(ciphertext=found.ciphertext, plaintext=found.plaintext)
+    return do_datakey(_kms(request), name, body)
 
 
 def sign(request: Request, name: PathName, body: SignIn) -> SignatureOut:
     """Sign the message (or its digest, if `prehashed`) with the latest version."""
-    signature = _kms(request).sign(
-        name,
-        body.input,
-        hash_algorithm=body.hash_algorithm,
-        signature_algorithm=body.signature_algorithm,
-        prehashed=body.prehashed,
-    )
-    return SignatureOut(signature=signature)
+    return do_sign(_kms(request), name, body)
 
 
 def verify(request: Request, name: PathName, body: VerifyIn) -> ValidOut:
     """Whether the signature is valid; a wrong signature is `{"valid": false}`, not an error."""
-    valid = _kms(request).verify(
-        name,
-        body.input,
-        body.signature,
-        hash_algorithm=body.hash_algorithm,
-        signature_algorithm=body.signature_algorithm,
-        prehashed=body.prehashed,
-    )
-    return ValidOut(valid=valid)
+    return do_verify(_kms(request), name, body)
 
 
 def hmac(request: Request, name: PathName, body: HmacIn) -> MacOut:
     """HMAC-SHA256 under the latest version."""
-    return MacOut(mac=_kms(request).hmac(name, body.input))
+    return do_hmac(_kms(request), name, body)
 
 
 def verify_hmac(request: Request, name: PathName, body: VerifyHmacIn) -> ValidOut:
     """Whether the MAC is valid (constant-time comparison)."""
-    return ValidOut(valid=_kms(request).verify_hmac(name, body.input, body.mac))
+    return do_verify_hmac(_kms(request), name, body)
 
 
 def random(request: Request, body: RandomIn) -> RandomOut:
@@ -193,3 +231,27 @@ def router() -> APIRouter:
             inline=endpoint is not generate_rsa_key_pair,
         )
     return r
+
+
+HOT_OPERATIONS: dict[str, tuple[type[BaseModel], Callable[[KMSService, str, Any], BaseModel]]] = {
+    "encrypt": (EncryptIn, do_encrypt),
+    "decrypt": (DecryptIn, do_decrypt),
+    "rewrap": (DecryptIn, do_rewrap),
+    "datakey": (DataKeyIn, do_datakey),
+    "sign": (SignIn, do_sign),
+    "verify": (VerifyIn, do_verify),
+    "hmac": (HmacIn, do_hmac),
+    "verify-hmac": (VerifyHmacIn, do_verify_hmac),
+}
+"""`/v1/keys/{name}/<suffix>` → (request model, operation): the routes api/hot.py serves
+without FastAPI (their audit operation and permission are the `_ROUTES` rows)."""
+
+
+def hot_routes() -> dict[str, tuple[str, str]]:
+    """suffix → (audit operation, permission) of every hot route, from `_ROUTES`."""
+    out = {}
+    for path, _endpoint, op, permission in _ROUTES:
+        suffix = path.removeprefix("/v1/keys/{name}/")
+        if suffix in HOT_OPERATIONS:
+            out[suffix] = (op, permission)
+    return out

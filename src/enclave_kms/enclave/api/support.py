@@ -124,7 +124,11 @@ def route_label(scope: Mapping[str, Any]) -> str:
 
 
 def bearer_token(request: Request) -> str:
-    headers = request.headers.getlist("authorization")
+    return bearer_from_headers(request.headers.getlist("authorization"))
+
+
+def bearer_from_headers(headers: list[str]) -> str:
+    """The token of the request's Authorization header values (both HTTP layers)."""
     if not headers:
         raise UnauthenticatedError("missing bearer token (Authorization: Bearer <token>)")
     if len(headers) > 1:
