@@ -154,7 +154,7 @@ def test_openapi_document_is_unchanged(pair: Pair) -> None:
 
 
 def _valid_body(suffix: str, pair: Pair) -> dict[str, Any]:
-    return {
+    bodies: dict[str, dict[str, Any]] = {
         "encrypt": {"plaintext": "aGVsbG8="},
         "decrypt": {"ciphertext": pair.values["orders"]},
         "rewrap": {"ciphertext": pair.values["orders"]},
@@ -163,7 +163,8 @@ def _valid_body(suffix: str, pair: Pair) -> dict[str, Any]:
         "verify": {"input": "bXNn", "signature": pair.values["signer"]},
         "hmac": {"input": "bXNn"},
         "verify-hmac": {"input": "bXNn", "mac": pair.values["mac-key"]},
-    }[suffix]
+    }
+    return bodies[suffix]
 
 
 KEY_OF = {
