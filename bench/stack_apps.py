@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from enclave_kms.enclave.api.models import CiphertextOut, EncryptIn
+from enclave_kms.enclave.api.models import EncryptIn
+from enclave_kms.wire import Ciphertext
 
 _AEAD = AESGCM(bytes(32))
 HELLO = b'{"hello":"world"}'
@@ -48,8 +49,8 @@ async def _fa_hello() -> dict[str, str]:
 
 
 @fastapi_app.post(ENCRYPT_PATH)
-async def _fa_encrypt(body: EncryptIn) -> CiphertextOut:
-    return CiphertextOut(ciphertext=_encrypt(body.plaintext))
+async def _fa_encrypt(body: EncryptIn) -> Ciphertext:
+    return Ciphertext(ciphertext=_encrypt(body.plaintext))
 
 
 # --------------------------------------------------------------------------- Starlette

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,10 +46,11 @@ _JSON = "application/json"
 class _Route:
     """One hot route; `path` is the template FastAPI's route has (log lines name it)."""
 
-    __slots__ = ("model", "op", "path", "permission", "run")
+    __slots__ = ("answer", "model", "op", "path", "permission", "run")
 
     def __init__(self, suffix: str, op: str, permission: str) -> None:
-        self.model, self.run = HOT_OPERATIONS[suffix]
+        self.model, self.run, shape = HOT_OPERATIONS[suffix]
+        self.answer: TypeAdapter[Any] = TypeAdapter(shape)  # FastAPI serialises with the same
         self.op, self.permission = op, permission
         self.path = f"/v1/keys/{{name}}/{suffix}"
 
@@ -125,7 +127,7 @@ class HotPath:
         except EnclaveKMSError as exc:
             response: Response = typed_error_response(scope, exc)
         else:
-            response = Response(out.model_dump_json(by_alias=True), media_type=_JSON)
+            response = Response(entry.answer.dump_json(out, by_alias=True), media_type=_JSON)
         await response(scope, receive, send)
 
     @staticmethod

@@ -20,33 +20,35 @@ from pydantic import BaseModel
 
 from enclave_kms.enclave.api.models import (
     KEY_NAME_REGEX,
-    AesKeyOut,
-    CiphertextOut,
     DataKeyIn,
-    DataKeyOut,
     DecryptBatchIn,
-    DecryptBatchOut,
     DecryptIn,
-    DecryptResult,
     EncryptBatchIn,
-    EncryptBatchOut,
     EncryptIn,
-    EncryptResult,
     HmacIn,
-    ItemError,
-    MacOut,
-    PlaintextOut,
     RandomIn,
-    RandomOut,
-    RsaKeyPairOut,
-    SignatureOut,
     SignIn,
-    ValidOut,
     VerifyHmacIn,
     VerifyIn,
 )
 from enclave_kms.enclave.api.support import add_route, app_context, new_router
 from enclave_kms.enclave.keys.service import BatchResult, DecryptItem, EncryptItem, KMSService
+from enclave_kms.wire import (
+    AesKey,
+    Ciphertext,
+    DataKey,
+    DecryptBatch,
+    DecryptResult,
+    EncryptBatch,
+    EncryptResult,
+    ItemError,
+    Mac,
+    Plaintext,
+    RandomBytes,
+    RsaKeyPair,
+    Signature,
+    Valid,
+)
 
 PathName = Annotated[str, Path(pattern=KEY_NAME_REGEX, description="key name")]
 
@@ -59,29 +61,29 @@ def _kms(request: Request) -> KMSService:
 # dispatcher of api/hot.py both call these, with the same request and response models.
 
 
-def do_encrypt(kms: KMSService, name: str, body: EncryptIn) -> CiphertextOut:
+def do_encrypt(kms: KMSService, name: str, body: EncryptIn) -> Ciphertext:
     ct = kms.encrypt(name, body.plaintext, associated_data=body.associated_data)
-    return CiphertextOut(ciphertext=ct)
+    return Ciphertext(ciphertext=ct)
 
 
-def do_decrypt(kms: KMSService, name: str, body: DecryptIn) -> PlaintextOut:
+def do_decrypt(kms: KMSService, name: str, body: DecryptIn) -> Plaintext:
     pt = kms.decrypt(name, body.ciphertext, associated_data=body.associated_data)
-    return PlaintextOut(plaintext=pt)
+    return Plaintext(plaintext=pt)
 
 
-def do_rewrap(kms: KMSService, name: str, body: DecryptIn) -> CiphertextOut:
+def do_rewrap(kms: KMSService, name: str, body: DecryptIn) -> Ciphertext:
     ct = kms.rewrap(name, body.ciphertext, associated_data=body.associated_data)
-    return CiphertextOut(ciphertext=ct)
+    return Ciphertext(ciphertext=ct)
 
 
-def do_datakey(kms: KMSService, name: str, body: DataKeyIn) -> DataKeyOut:
+def do_datakey(kms: KMSService, name: str, body: DataKeyIn) -> DataKey:
     found = kms.generate_data_key(
         name, include_plaintext=body.include_plaintext, associated_data=body.associated_data
     )
-    return DataKeyOut(ciphertext=found.ciphertext, plaintext=found.plaintext)
+    return DataKey(ciphertext=found.ciphertext, plaintext=found.plaintext)
 
 
-def do_sign(kms: KMSService, name: str, body: SignIn) -> SignatureOut:
+def do_sign(kms: KMSService, name: str, body: SignIn) -> Signature:
     signature = kms.sign(
         name,
         body.input,
@@ -89,10 +91,10 @@ def do_sign(kms: KMSService, name: str, body: SignIn) -> SignatureOut:
         signature_algorithm=body.signature_algorithm,
         prehashed=body.prehashed,
     )
-    return SignatureOut(signature=signature)
+    return Signature(signature=signature)
 
 
-def do_verify(kms: KMSService, name: str, body: VerifyIn) -> ValidOut:
+def do_verify(kms: KMSService, name: str, body: VerifyIn) -> Valid:
     valid = kms.verify(
         name,
         body.input,
@@ -101,101 +103,101 @@ def do_verify(kms: KMSService, name: str, body: VerifyIn) -> ValidOut:
         signature_algorithm=body.signature_algorithm,
         prehashed=body.prehashed,
     )
-    return ValidOut(valid=valid)
+    return Valid(valid=valid)
 
 
-def do_hmac(kms: KMSService, name: str, body: HmacIn) -> MacOut:
-    return MacOut(mac=kms.hmac(name, body.input))
+def do_hmac(kms: KMSService, name: str, body: HmacIn) -> Mac:
+    return Mac(mac=kms.hmac(name, body.input))
 
 
-def do_verify_hmac(kms: KMSService, name: str, body: VerifyHmacIn) -> ValidOut:
-    return ValidOut(valid=kms.verify_hmac(name, body.input, body.mac))
+def do_verify_hmac(kms: KMSService, name: str, body: VerifyHmacIn) -> Valid:
+    return Valid(valid=kms.verify_hmac(name, body.input, body.mac))
 
 
-def encrypt(request: Request, name: PathName, body: EncryptIn) -> CiphertextOut:
+def encrypt(request: Request, name: PathName, body: EncryptIn) -> Ciphertext:
     """AES-256-GCM under the latest version: ``ekms:v<N>:<base64>``."""
     return do_encrypt(_kms(request), name, body)
 
 
-def decrypt(request: Request, name: PathName, body: DecryptIn) -> PlaintextOut:
+def decrypt(request: Request, name: PathName, body: DecryptIn) -> Plaintext:
     """The plaintext, if the ciphertext authenticates under this key and associated data."""
     return do_decrypt(_kms(request), name, body)
 
 
-def rewrap(request: Request, name: PathName, body: DecryptIn) -> CiphertextOut:
+def rewrap(request: Request, name: PathName, body: DecryptIn) -> Ciphertext:
     """Re-encrypt under the latest version; the plaintext never leaves the enclave."""
     return do_rewrap(_kms(request), name, body)
 
 
 def _error(result: BatchResult) -> ItemError | None:
-    return None if result.error is None else ItemError(**vars(result.error))
+    return None if result.error is None else ItemError(result.error.code, result.error.message)
 
 
-def encrypt_batch(request: Request, name: PathName, body: EncryptBatchIn) -> EncryptBatchOut:
+def encrypt_batch(request: Request, name: PathName, body: EncryptBatchIn) -> EncryptBatch:
     """Encrypt every item; per-item errors."""
     items = [EncryptItem(i.plaintext, i.associated_data) for i in body.items]
     results = _kms(request).encrypt_batch(name, items)
-    return EncryptBatchOut(
-        results=[
+    return EncryptBatch(
+        results=tuple(
             EncryptResult(ciphertext=r.value if isinstance(r.value, str) else None, error=_error(r))
             for r in results
-        ]
+        )
     )
 
 
-def decrypt_batch(request: Request, name: PathName, body: DecryptBatchIn) -> DecryptBatchOut:
+def decrypt_batch(request: Request, name: PathName, body: DecryptBatchIn) -> DecryptBatch:
     """Decrypt every item; per-item errors."""
     items = [DecryptItem(i.ciphertext, i.associated_data) for i in body.items]
     results = _kms(request).decrypt_batch(name, items)
-    return DecryptBatchOut(
-        results=[
+    return DecryptBatch(
+        results=tuple(
             DecryptResult(
                 plaintext=r.value if isinstance(r.value, bytes) else None, error=_error(r)
             )
             for r in results
-        ]
+        )
     )
 
 
-def datakey(request: Request, name: PathName, body: DataKeyIn) -> DataKeyOut:
+def datakey(request: Request, name: PathName, body: DataKeyIn) -> DataKey:
     """A fresh 256-bit data key encrypted under the key (and in plaintext unless declined)."""
     return do_datakey(_kms(request), name, body)
 
 
-def sign(request: Request, name: PathName, body: SignIn) -> SignatureOut:
+def sign(request: Request, name: PathName, body: SignIn) -> Signature:
     """Sign the message (or its digest, if `prehashed`) with the latest version."""
     return do_sign(_kms(request), name, body)
 
 
-def verify(request: Request, name: PathName, body: VerifyIn) -> ValidOut:
+def verify(request: Request, name: PathName, body: VerifyIn) -> Valid:
     """Whether the signature is valid; a wrong signature is `{"valid": false}`, not an error."""
     return do_verify(_kms(request), name, body)
 
 
-def hmac(request: Request, name: PathName, body: HmacIn) -> MacOut:
+def hmac(request: Request, name: PathName, body: HmacIn) -> Mac:
     """HMAC-SHA256 under the latest version."""
     return do_hmac(_kms(request), name, body)
 
 
-def verify_hmac(request: Request, name: PathName, body: VerifyHmacIn) -> ValidOut:
+def verify_hmac(request: Request, name: PathName, body: VerifyHmacIn) -> Valid:
     """Whether the MAC is valid (constant-time comparison)."""
     return do_verify_hmac(_kms(request), name, body)
 
 
-def random(request: Request, body: RandomIn) -> RandomOut:
+def random(request: Request, body: RandomIn) -> RandomBytes:
     """Bytes from the enclave's CSPRNG."""
-    return RandomOut(random=_kms(request).random_bytes(body.length))
+    return RandomBytes(random=_kms(request).random_bytes(body.length))
 
 
-def generate_aes_key(request: Request) -> AesKeyOut:
+def generate_aes_key(request: Request) -> AesKey:
     """The tutorial's endpoint: a fresh AES-256 key (base64), never stored."""
-    return AesKeyOut(aes_key=_kms(request).generate_aes_key())
+    return AesKey(aes_key=_kms(request).generate_aes_key())
 
 
-def generate_rsa_key_pair(request: Request) -> RsaKeyPairOut:
+def generate_rsa_key_pair(request: Request) -> RsaKeyPair:
     """The tutorial's endpoint: a fresh RSA-2048 key pair (PEM), never stored."""
     pair = _kms(request).generate_rsa_key_pair()
-    return RsaKeyPairOut(private_key=pair.private_key_pem, public_key=pair.public_key_pem)
+    return RsaKeyPair(private_key=pair.private_key_pem, public_key=pair.public_key_pem)
 
 
 _ROUTES = (
@@ -233,18 +235,18 @@ def router() -> APIRouter:
     return r
 
 
-HOT_OPERATIONS: dict[str, tuple[type[BaseModel], Callable[[KMSService, str, Any], BaseModel]]] = {
-    "encrypt": (EncryptIn, do_encrypt),
-    "decrypt": (DecryptIn, do_decrypt),
-    "rewrap": (DecryptIn, do_rewrap),
-    "datakey": (DataKeyIn, do_datakey),
-    "sign": (SignIn, do_sign),
-    "verify": (VerifyIn, do_verify),
-    "hmac": (HmacIn, do_hmac),
-    "verify-hmac": (VerifyHmacIn, do_verify_hmac),
+HOT_OPERATIONS: dict[str, tuple[type[BaseModel], Callable[[KMSService, str, Any], Any], type]] = {
+    "encrypt": (EncryptIn, do_encrypt, Ciphertext),
+    "decrypt": (DecryptIn, do_decrypt, Plaintext),
+    "rewrap": (DecryptIn, do_rewrap, Ciphertext),
+    "datakey": (DataKeyIn, do_datakey, DataKey),
+    "sign": (SignIn, do_sign, Signature),
+    "verify": (VerifyIn, do_verify, Valid),
+    "hmac": (HmacIn, do_hmac, Mac),
+    "verify-hmac": (VerifyHmacIn, do_verify_hmac, Valid),
 }
-"""`/v1/keys/{name}/<suffix>` → (request model, operation): the routes api/hot.py serves
-without FastAPI (their audit operation and permission are the `_ROUTES` rows)."""
+"""`/v1/keys/{name}/<suffix>` → (request model, operation, answer shape): the routes that
+api/hot.py serves without FastAPI (their audit operation and permission are the `_ROUTES` rows)."""
 
 
 def hot_routes() -> dict[str, tuple[str, str]]:

@@ -14,25 +14,27 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from enclave_kms.enclave.api.models import (
     KEY_NAME_REGEX,
-    ExportOut,
     KeyConfigIn,
     KeyCreateIn,
     KeyImportIn,
     KeyImportVersionIn,
-    KeyListOut,
-    KeyOut,
-    KeyVersionOut,
-    WrappingKeyOut,
 )
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
 from enclave_kms.enclave.keys.service import MAX_DELETION_WAIT as _MAX_WAIT
 from enclave_kms.enclave.keys.service import MAX_LIST_LIMIT, KeyMetadata
+from enclave_kms.wire import (
+    ExportedKey,
+    KeyInfo,
+    KeyPage,
+    KeyVersion,
+    WrappingKey,
+)
 
 PathName = Annotated[str, Path(pattern=KEY_NAME_REGEX, description="key name")]
 
 
-def key_out(meta: KeyMetadata) -> KeyOut:
-    return KeyOut(
+def key_out(meta: KeyMetadata) -> KeyInfo:
+    return KeyInfo(
         name=meta.name,
         type=meta.type,
         created=meta.created,
@@ -41,21 +43,21 @@ def key_out(meta: KeyMetadata) -> KeyOut:
         enabled=meta.enabled,
         exportable=meta.exportable,
         deletion_scheduled_at=meta.deletion_scheduled_at,
-        operations=list(meta.operations),
+        operations=tuple(meta.operations),
         public_key_pem=meta.public_key_pem,
-        versions=[
-            KeyVersionOut(
+        versions=tuple(
+            KeyVersion(
                 version=v.version,
                 created=v.created,
                 public_key_pem=v.public_key_pem,
                 imported=v.imported,
             )
             for v in meta.versions
-        ],
+        ),
     )
 
 
-def create_key(request: Request, body: KeyCreateIn, who: Caller = Depends(caller)) -> KeyOut:
+def create_key(request: Request, body: KeyCreateIn, who: Caller = Depends(caller)) -> KeyInfo:
     """Create a key with fresh material (version 1). `exportable` can never be changed."""
     who.authorize("keys.write", body.name)
     kms = app_context(request).kms
@@ -67,29 +69,29 @@ def list_keys(
     after: Annotated[str, Query(max_length=128, description="last name of the previous page")] = "",
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
     who: Caller = Depends(caller),
-) -> KeyListOut:
+) -> KeyPage:
     """Keys by name, ascending; only those the token may read are shown."""
     page = app_context(request).kms.list_keys(
         after=after, limit=limit, visible=lambda name: who.allowed("keys.read", name)
     )
-    return KeyListOut(
-        keys=[key_out(k) for k in page.keys],
+    return KeyPage(
+        keys=tuple(key_out(k) for k in page.keys),
         next_after=page.next_after,
-        unreadable=list(page.unreadable),
+        unreadable=tuple(page.unreadable),
     )
 
 
-def read_key(request: Request, name: PathName) -> KeyOut:
+def read_key(request: Request, name: PathName) -> KeyInfo:
     """Metadata and public keys; never private material."""
     return key_out(app_context(request).kms.read_key(name))
 
 
-def rotate_key(request: Request, name: PathName) -> KeyOut:
+def rotate_key(request: Request, name: PathName) -> KeyInfo:
     """Add a version with fresh material; older versions still decrypt and verify."""
     return key_out(app_context(request).kms.rotate_key(name))
 
 
-def configure_key(request: Request, name: PathName, body: KeyConfigIn) -> KeyOut:
+def configure_key(request: Request, name: PathName, body: KeyConfigIn) -> KeyInfo:
     """Set `min_decryption_version` and/or `enabled`."""
     kms = app_context(request).kms
     return key_out(
@@ -105,24 +107,24 @@ def delete_key(
     waiting_period_days: Annotated[
         int, Query(ge=1, le=_MAX_WAIT.days, description="days before the key is purged")
     ] = 7,
-) -> KeyOut:
+) -> KeyInfo:
     """Schedule deletion: the key is unusable at once and purged after the waiting period."""
     kms = app_context(request).kms
     return key_out(kms.schedule_deletion(name, waiting_period=timedelta(days=waiting_period_days)))
 
 
-def restore_key(request: Request, name: PathName) -> KeyOut:
+def restore_key(request: Request, name: PathName) -> KeyInfo:
     """Cancel a scheduled deletion."""
     return key_out(app_context(request).kms.cancel_deletion(name))
 
 
-def wrapping_key(request: Request) -> WrappingKeyOut:
+def wrapping_key(request: Request) -> WrappingKey:
     """The RSA-4096 public key that BYOK material is wrapped to, and the accepted schemes."""
     found = app_context(request).kms.wrapping_key()
-    return WrappingKeyOut(public_key_pem=found.public_key_pem, schemes=list(found.schemes))
+    return WrappingKey(public_key_pem=found.public_key_pem, schemes=tuple(found.schemes))
 
 
-def import_key(request: Request, body: KeyImportIn, who: Caller = Depends(caller)) -> KeyOut:
+def import_key(request: Request, body: KeyImportIn, who: Caller = Depends(caller)) -> KeyInfo:
     """BYOK: create a key from material wrapped to the wrapping key (see docs/api.md)."""
     who.authorize("keys.import", body.name)
     kms = app_context(request).kms
@@ -131,7 +133,7 @@ def import_key(request: Request, body: KeyImportIn, who: Caller = Depends(caller
     )
 
 
-def import_key_version(request: Request, name: PathName, body: KeyImportVersionIn) -> KeyOut:
+def import_key_version(request: Request, name: PathName, body: KeyImportVersionIn) -> KeyInfo:
     """BYOK rotation: add a version from wrapped material."""
     return key_out(app_context(request).kms.import_key_version(name, body.wrapped_material))
 
@@ -140,10 +142,10 @@ def export_key(
     request: Request,
     name: PathName,
     version: Annotated[int | None, Query(ge=1, description="default: latest")] = None,
-) -> ExportOut:
+) -> ExportedKey:
     """Material of one version (raw bytes or PKCS#8 DER), only for exportable keys."""
     found = app_context(request).kms.export_key(name, version=version)
-    return ExportOut(
+    return ExportedKey(
         name=found.name, type=found.type, version=found.version, material=found.material
     )
 

@@ -18,34 +18,40 @@ from enclave_kms.attestation.types import spki_sha256
 from enclave_kms.enclave.api.models import (
     TOKEN_ID_REGEX,
     AttestationOut,
-    AuditHeadOut,
-    HealthOut,
-    IssuedTokenOut,
-    PolicyModel,
     TokenCreateIn,
-    TokenListOut,
-    TokenOut,
 )
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
 from enclave_kms.enclave.state.tokens import IssuedToken, TokenInfo
 from enclave_kms.errors import AttestationError, CollateralError
+from enclave_kms.wire import (
+    AuditHead,
+    Health,
+    TokenPage,
+    TokenPolicy,
+)
+from enclave_kms.wire import (
+    IssuedToken as WireIssuedToken,
+)
+from enclave_kms.wire import (
+    TokenInfo as WireTokenInfo,
+)
 
 NONCE_REGEX = "^(?:[0-9a-fA-F]{2}){16,64}$"
 REPORT_DATA_FORMULA = (
     "report_data[0:32] = SHA-256(SHA-256(DER SubjectPublicKeyInfo of certificate_pem) || nonce)"
     ", both as raw bytes"
 )
+
 TokenId = Annotated[str, Path(alias="id", pattern=TOKEN_ID_REGEX, description="token id")]
 
 
-def token_out(info: TokenInfo) -> TokenOut:
-    return TokenOut(
+def token_out(info: TokenInfo) -> WireTokenInfo:
+    return WireTokenInfo(
         id=info.id,
         name=info.name,
-        policies=[
-            PolicyModel(keys=list(p.keys), operations=list(p.operations))  # type: ignore[arg-type]
-            for p in info.policies
-        ],
+        policies=tuple(
+            TokenPolicy(operations=tuple(p.operations), keys=tuple(p.keys)) for p in info.policies
+        ),
         created=info.created,
         expires_at=info.expires_at,
         revoked_at=info.revoked_at,
@@ -53,9 +59,9 @@ def token_out(info: TokenInfo) -> TokenOut:
     )
 
 
-def _issued(issued: IssuedToken, who: Caller) -> IssuedTokenOut:
+def _issued(issued: IssuedToken, who: Caller) -> WireIssuedToken:
     who.set_target(issued.info.id)
-    return IssuedTokenOut(token=issued.token, info=token_out(issued.info))
+    return WireIssuedToken(token=issued.token, info=token_out(issued.info))
 
 
 def _json_value(value: object) -> Any:
@@ -70,15 +76,15 @@ def _json_value(value: object) -> Any:
 # --------------------------------------------------------------------------- sys
 
 
-def init(request: Request, who: Caller = Depends(caller)) -> IssuedTokenOut:
+def init(request: Request, who: Caller = Depends(caller)) -> WireIssuedToken:
     """Issue the first admin token. Works once; afterwards 409 conflict."""
     return _issued(app_context(request).tokens.init_admin(), who)
 
 
-def health(request: Request) -> HealthOut:
+def health(request: Request) -> Health:
     """Liveness, whether `init` has run, and the enclave identity (unauthenticated)."""
     ctx = app_context(request)
-    return HealthOut(
+    return Health(
         status="ok",
         initialized=ctx.tokens.is_initialised(),
         identity={str(k): _json_value(v) for k, v in ctx.identity.items()},
@@ -117,7 +123,7 @@ def attestation(
 
 def create_token(
     request: Request, body: TokenCreateIn, who: Caller = Depends(caller)
-) -> IssuedTokenOut:
+) -> WireIssuedToken:
     """Issue a token with policies no wider than the caller's own."""
     ttl = None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds)
     issued = app_context(request).tokens.create_token(
@@ -134,19 +140,21 @@ def list_tokens(
     after: Annotated[str, Query(max_length=16, description="last id of the previous page")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     who: Caller = Depends(caller),
-) -> TokenListOut:
+) -> TokenPage:
     """The caller's own token and those it issued (and theirs), by id, revoked ones
     included; never a secret, never a token outside the caller's lineage."""
     page = app_context(request).tokens.list_tokens(after=after, limit=limit, caller=who.principal)
-    return TokenListOut(tokens=[token_out(t) for t in page.tokens], next_after=page.next_after)
+    return TokenPage(tokens=tuple(token_out(t) for t in page.tokens), next_after=page.next_after)
 
 
-def read_token(request: Request, token_id: TokenId, who: Caller = Depends(caller)) -> TokenOut:
+def read_token(request: Request, token_id: TokenId, who: Caller = Depends(caller)) -> WireTokenInfo:
     """Metadata of one token the caller governs (itself or a descendant)."""
     return token_out(app_context(request).tokens.read_token(token_id, who.principal))
 
 
-def revoke_token(request: Request, token_id: TokenId, who: Caller = Depends(caller)) -> TokenOut:
+def revoke_token(
+    request: Request, token_id: TokenId, who: Caller = Depends(caller)
+) -> WireTokenInfo:
     """Revoke for good, with every token it issued (idempotent); the last full admin that
     never expires cannot be revoked."""
     return token_out(app_context(request).tokens.revoke_token(token_id, who.principal))
@@ -155,13 +163,13 @@ def revoke_token(request: Request, token_id: TokenId, who: Caller = Depends(call
 # --------------------------------------------------------------------------- audit
 
 
-def audit_head(request: Request) -> AuditHeadOut:
+def audit_head(request: Request) -> AuditHead:
     """The head of the audit chain and the audit key's fingerprint; the records themselves
     are stored by the host (check them with `enclave-kms audit verify`)."""
     ctx = app_context(request)
     audit = ctx.audit
     next_seq, last_hash = audit.head
-    return AuditHeadOut(
+    return AuditHead(
         chain=ctx.worker,
         records=next_seq,
         head_seq=next_seq - 1,
