@@ -32,6 +32,7 @@ PROBES = {
     "attestation/_probe_io.py": "subprocess",
     "channel/_probe_io.py": "httpx",
     "attestation/_probe_files.py": "pathlib",
+    "wire/_probe.py": "enclave_kms.client",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enclave_kms import wire
 from enclave_kms.client import core
 from enclave_kms.client.attest import AttestationAnswer, begin
 from enclave_kms.client.errors import error_for_response
@@ -54,9 +55,20 @@ def test_any_attestation_answer_shape_is_a_typed_error(doc: Any) -> None:
 @settings(max_examples=200, deadline=None)
 def test_any_answer_to_a_call_is_typed_or_an_error(doc: Any) -> None:
     body = json.dumps(doc).encode()
-    for call in (core.parse_key, core.parse_key_page, core.parse_token_page, core.parse_issued):
+    shapes = (
+        wire.KeyInfo,
+        wire.KeyPage,
+        wire.TokenPage,
+        wire.IssuedToken,
+        wire.Health,
+        wire.AuditHead,
+        wire.ExportedKey,
+        wire.DataKey,
+        wire.DecryptBatch,
+    )
+    for shape in shapes:
         try:
-            call(doc)
+            wire.decode(shape, doc)
         except EnclaveKMSError:
             pass
     try:

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-from enclave_kms.enclave.api.models import KeyTypeName, OperationName
 from enclave_kms.enclave.keys.keytypes import KEY_TYPES
 from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.enclave.state.tokens import OPERATIONS
+from enclave_kms.wire import KeyTypeName, OperationName
 from tests.enclave.api_world import (
     CERTIFICATE_PEM,
     COLLATERAL,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
+from enclave_kms import wire
 from enclave_kms.client import state_head
 from enclave_kms.client.errors import (
-    RETRYABLE_CODES,
     error_for_item,
     error_for_response,
     parse_error_body,
@@ -44,13 +44,13 @@ from enclave_kms.client.types import (
     IssuedToken,
     KeyInfo,
     KeyPage,
-    KeyVersion,
     RsaKeyPair,
     TokenInfo,
     TokenPage,
     TokenPolicy,
 )
-from enclave_kms.errors import EnclaveKMSError, InvalidRequestError, ServerError, UsageError
+from enclave_kms.errors import InvalidRequestError, ServerError, UsageError
+from enclave_kms.wire import RETRYABLE_CODES
 
 T = TypeVar("T")
 
@@ -108,143 +108,36 @@ def tagged(value: str | bytes, what: str) -> str:
     return value.strip()
 
 
-def _field(doc: Any, name: str) -> Any:
-    if not isinstance(doc, dict) or name not in doc:
-        raise ServerError(f"the server's answer has no field {name!r}")
-    return doc[name]
+def _answer(cls: type[T]) -> Callable[[Any], T]:
+    """The parser of an answer shaped as the wire dataclass `cls`."""
+    return functools.partial(wire.decode, cls)
 
 
-def _str(doc: Any, name: str) -> str:
-    value = _field(doc, name)
-    if not isinstance(value, str):
-        raise ServerError(f"answer field {name!r} is not a string")
-    return value
-
-
-def _opt_str(doc: Any, name: str) -> str | None:
-    value = doc.get(name) if isinstance(doc, dict) else None
-    if value is not None and not isinstance(value, str):
-        raise ServerError(f"answer field {name!r} is not a string")
-    return value
-
-
-def _int(doc: Any, name: str) -> int:
-    value = _field(doc, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ServerError(f"answer field {name!r} is not an integer")
-    return value
-
-
-def _bool(doc: Any, name: str) -> bool:
-    value = _field(doc, name)
-    if not isinstance(value, bool):
-        raise ServerError(f"answer field {name!r} is not a boolean")
-    return value
-
-
-def _time(doc: Any, name: str) -> datetime:
-    value = _str(doc, name)
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ServerError(f"answer field {name!r} is not a timestamp") from None
-
-
-def _opt_time(doc: Any, name: str) -> datetime | None:
-    return None if _opt_str(doc, name) is None else _time(doc, name)
-
-
-def _list(doc: Any, name: str) -> list[Any]:
-    value = _field(doc, name)
-    if not isinstance(value, list):
-        raise ServerError(f"answer field {name!r} is not a list")
-    return value
-
-
-def _strs(doc: Any, name: str) -> tuple[str, ...]:
-    values = _list(doc, name)
-    if not all(isinstance(v, str) for v in values):
-        raise ServerError(f"answer field {name!r} is not a list of strings")
-    return tuple(values)
-
-
-# --------------------------------------------------------------------------- parsers
-
-
-def parse_key(doc: Any) -> KeyInfo:
-    return KeyInfo(
-        name=_str(doc, "name"),
-        type=_str(doc, "type"),
-        created=_time(doc, "created"),
-        latest_version=_int(doc, "latest_version"),
-        min_decryption_version=_int(doc, "min_decryption_version"),
-        enabled=_bool(doc, "enabled"),
-        exportable=_bool(doc, "exportable"),
-        deletion_scheduled_at=_opt_time(doc, "deletion_scheduled_at"),
-        operations=_strs(doc, "operations"),
-        public_key_pem=_opt_str(doc, "public_key_pem"),
-        versions=tuple(
-            KeyVersion(
-                version=_int(v, "version"),
-                created=_time(v, "created"),
-                public_key_pem=_opt_str(v, "public_key_pem"),
-                imported=_bool(v, "imported"),
-            )
-            for v in _list(doc, "versions")
-        ),
-    )
-
-
-def parse_key_page(doc: Any) -> KeyPage:
-    return KeyPage(
-        keys=tuple(parse_key(k) for k in _list(doc, "keys")),
-        next_after=_opt_str(doc, "next_after"),
-        unreadable=_strs(doc, "unreadable"),
-    )
-
-
-def parse_token(doc: Any) -> TokenInfo:
-    return TokenInfo(
-        id=_str(doc, "id"),
-        name=_str(doc, "name"),
-        policies=tuple(
-            TokenPolicy(operations=_strs(p, "operations"), keys=_strs(p, "keys"))
-            for p in _list(doc, "policies")
-        ),
-        created=_time(doc, "created"),
-        expires_at=_opt_time(doc, "expires_at"),
-        revoked_at=_opt_time(doc, "revoked_at"),
-    )
-
-
-def parse_issued(doc: Any) -> IssuedToken:
-    return IssuedToken(info=parse_token(_field(doc, "info")), token=_str(doc, "token"))
-
-
-def parse_token_page(doc: Any) -> TokenPage:
-    return TokenPage(
-        tokens=tuple(parse_token(t) for t in _list(doc, "tokens")),
-        next_after=_opt_str(doc, "next_after"),
-    )
+def _one(cls: type[Any], name: str) -> Callable[[Any], Any]:
+    """The parser of a one-field answer (`{"ciphertext": …}`): that field's value."""
+    return lambda doc: getattr(wire.decode(cls, doc), name)
 
 
 def _results(doc: Any, count: int) -> list[Any]:
-    results = _list(doc, "results")
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise ServerError("the server's answer has no list 'results'")
+    results: list[Any] = doc["results"]
     if len(results) != count:
         raise ServerError(f"batch answer has {len(results)} results for {count} items")
     return results
 
 
-def _batch_parser(
-    value_field: str, decode: Callable[[Any], str | bytes], count: int
-) -> Callable[[Any], list[Any]]:
+def _batch_parser(shape: type[Any], value_field: str, count: int) -> Callable[[Any], list[Any]]:
     def parse(doc: Any) -> list[Any]:
-        out: list[str | bytes | EnclaveKMSError] = []
+        out: list[Any] = []
         for item in _results(doc, count):
             if isinstance(item, dict) and item.get("error") is not None:
                 out.append(error_for_item(item["error"]))
-            else:
-                out.append(decode(_field(item, value_field)))
+                continue
+            value = getattr(wire.decode(shape, item), value_field)
+            if value is None:
+                raise ServerError(f"a batch result has neither {value_field!r} nor an error")
+            out.append(value)
         return out
 
     return parse
@@ -254,30 +147,15 @@ def _batch_parser(
 
 
 def health() -> Call[Health]:
-    def parse(doc: Any) -> Health:
-        identity = _field(doc, "identity")
-        if not isinstance(identity, dict):
-            raise ServerError("answer field 'identity' is not an object")
-        return Health(_str(doc, "status"), _bool(doc, "initialized"), identity, _int(doc, "worker"))
-
-    return Call("GET", "/v1/health", parse, auth=False, idempotent=True)
+    return Call("GET", "/v1/health", _answer(Health), auth=False, idempotent=True)
 
 
 def init() -> Call[IssuedToken]:
-    return Call("POST", "/v1/sys/init", parse_issued, auth=False)
+    return Call("POST", "/v1/sys/init", _answer(IssuedToken), auth=False)
 
 
 def audit_head() -> Call[AuditHead]:
-    def parse(doc: Any) -> AuditHead:
-        return AuditHead(
-            chain=_int(doc, "chain"),
-            records=_int(doc, "records"),
-            head_seq=_int(doc, "head_seq"),
-            head_hash=_str(doc, "head_hash"),
-            public_key_sha256=_str(doc, "public_key_sha256"),
-        )
-
-    return Call("GET", "/v1/audit", parse, idempotent=True)
+    return Call("GET", "/v1/audit", _answer(AuditHead), idempotent=True)
 
 
 # --------------------------------------------------------------------------- keys
@@ -291,22 +169,22 @@ def _key_path(name: str, suffix: str = "") -> str:
 
 def create_key(name: str, type: str, exportable: bool) -> Call[KeyInfo]:
     body = {"name": name, "type": type, "exportable": exportable}
-    return Call("POST", "/v1/keys", parse_key, body=body, slow=type.startswith("rsa-"))
+    return Call("POST", "/v1/keys", _answer(KeyInfo), body=body, slow=type.startswith("rsa-"))
 
 
 def list_keys(after: str, limit: int) -> Call[KeyPage]:
     params: dict[str, str | int] = {"limit": limit}
     if after:
         params["after"] = after
-    return Call("GET", "/v1/keys", parse_key_page, params=params, idempotent=True)
+    return Call("GET", "/v1/keys", _answer(KeyPage), params=params, idempotent=True)
 
 
 def read_key(name: str) -> Call[KeyInfo]:
-    return Call("GET", _key_path(name), parse_key, idempotent=True)
+    return Call("GET", _key_path(name), _answer(KeyInfo), idempotent=True)
 
 
 def rotate_key(name: str) -> Call[KeyInfo]:
-    return Call("POST", _key_path(name, "/rotate"), parse_key, body={}, slow=True)
+    return Call("POST", _key_path(name, "/rotate"), _answer(KeyInfo), body={}, slow=True)
 
 
 def configure_key(
@@ -319,20 +197,22 @@ def configure_key(
         body["enabled"] = enabled
     if not body:
         raise UsageError("configure: give min_decryption_version and/or enabled")
-    return Call("PATCH", _key_path(name), parse_key, body=body, idempotent=True)
+    return Call("PATCH", _key_path(name), _answer(KeyInfo), body=body, idempotent=True)
 
 
 def delete_key(name: str, waiting_period_days: int) -> Call[KeyInfo]:
     params = {"waiting_period_days": waiting_period_days}
-    return Call("DELETE", _key_path(name), parse_key, params=params)
+    return Call("DELETE", _key_path(name), _answer(KeyInfo), params=params)
 
 
 def restore_key(name: str) -> Call[KeyInfo]:
-    return Call("POST", _key_path(name, "/restore"), parse_key, body={})
+    return Call("POST", _key_path(name, "/restore"), _answer(KeyInfo), body={})
 
 
 def wrapping_key() -> Call[str]:
-    return Call("GET", "/v1/sys/wrapping-key", lambda d: _str(d, "public_key_pem"), idempotent=True)
+    return Call(
+        "GET", "/v1/sys/wrapping-key", _one(wire.WrappingKey, "public_key_pem"), idempotent=True
+    )
 
 
 def wrap_material(wrapping_key_pem: str, material: bytes) -> bytes:
@@ -356,25 +236,19 @@ def wrap_material(wrapping_key_pem: str, material: bytes) -> bytes:
 
 def import_key(name: str, type: str, wrapped: bytes, exportable: bool) -> Call[KeyInfo]:
     body = {"name": name, "type": type, "wrapped_material": b64(wrapped), "exportable": exportable}
-    return Call("POST", "/v1/keys/import", parse_key, body=body)
+    return Call("POST", "/v1/keys/import", _answer(KeyInfo), body=body)
 
 
 def import_key_version(name: str, wrapped: bytes) -> Call[KeyInfo]:
     body = {"wrapped_material": b64(wrapped)}
-    return Call("POST", _key_path(name, "/import"), parse_key, body=body)
+    return Call("POST", _key_path(name, "/import"), _answer(KeyInfo), body=body)
 
 
 def export_key(name: str, version: int | None) -> Call[ExportedKey]:
-    def parse(doc: Any) -> ExportedKey:
-        return ExportedKey(
-            name=_str(doc, "name"),
-            type=_str(doc, "type"),
-            version=_int(doc, "version"),
-            material=unb64(_field(doc, "material"), "material"),
-        )
-
     params = None if version is None else {"version": version}
-    return Call("GET", _key_path(name, "/export"), parse, params=params, idempotent=True)
+    return Call(
+        "GET", _key_path(name, "/export"), _answer(ExportedKey), params=params, idempotent=True
+    )
 
 
 # --------------------------------------------------------------------------- crypto
@@ -389,7 +263,11 @@ def _with_aad(body: dict[str, Any], associated_data: bytes | None) -> dict[str, 
 def encrypt(name: str, plaintext: bytes, associated_data: bytes | None) -> Call[str]:
     body = _with_aad({"plaintext": b64(plaintext)}, associated_data)
     return Call(
-        "POST", _key_path(name, "/encrypt"), lambda d: _str(d, "ciphertext"), body, idempotent=True
+        "POST",
+        _key_path(name, "/encrypt"),
+        _one(wire.Ciphertext, "ciphertext"),
+        body,
+        idempotent=True,
     )
 
 
@@ -398,7 +276,7 @@ def decrypt(name: str, ciphertext: str | bytes, associated_data: bytes | None) -
     return Call(
         "POST",
         _key_path(name, "/decrypt"),
-        lambda d: unb64(_field(d, "plaintext"), "plaintext"),
+        _one(wire.Plaintext, "plaintext"),
         body,
         idempotent=True,
     )
@@ -407,7 +285,11 @@ def decrypt(name: str, ciphertext: str | bytes, associated_data: bytes | None) -
 def rewrap(name: str, ciphertext: str | bytes, associated_data: bytes | None) -> Call[str]:
     body = _with_aad({"ciphertext": tagged(ciphertext, "ciphertext")}, associated_data)
     return Call(
-        "POST", _key_path(name, "/rewrap"), lambda d: _str(d, "ciphertext"), body, idempotent=True
+        "POST",
+        _key_path(name, "/rewrap"),
+        _one(wire.Ciphertext, "ciphertext"),
+        body,
+        idempotent=True,
     )
 
 
@@ -429,7 +311,7 @@ def encrypt_batch(name: str, items: Sequence[bytes | BatchItem]) -> Call[list[An
             for p, i in zip(plaintexts, batch, strict=True)
         ]
     }
-    parse = _batch_parser("ciphertext", lambda v: v if isinstance(v, str) else "", len(batch))
+    parse = _batch_parser(wire.EncryptResult, "ciphertext", len(batch))
     return Call("POST", _key_path(name, "/encrypt-batch"), parse, body, idempotent=True)
 
 
@@ -441,18 +323,13 @@ def decrypt_batch(name: str, items: Sequence[str | BatchItem]) -> Call[list[Any]
             for i in batch
         ]
     }
-    parse = _batch_parser("plaintext", lambda v: unb64(v, "plaintext"), len(batch))
+    parse = _batch_parser(wire.DecryptResult, "plaintext", len(batch))
     return Call("POST", _key_path(name, "/decrypt-batch"), parse, body, idempotent=True)
 
 
 def datakey(name: str, include_plaintext: bool, associated_data: bytes | None) -> Call[DataKey]:
-    def parse(doc: Any) -> DataKey:
-        raw = doc.get("plaintext") if isinstance(doc, dict) else None
-        plaintext = None if raw is None else unb64(raw, "plaintext")
-        return DataKey(ciphertext=_str(doc, "ciphertext"), plaintext=plaintext)
-
     body = _with_aad({"include_plaintext": include_plaintext}, associated_data)
-    return Call("POST", _key_path(name, "/datakey"), parse, body, idempotent=True)
+    return Call("POST", _key_path(name, "/datakey"), _answer(DataKey), body, idempotent=True)
 
 
 def _sign_body(
@@ -479,7 +356,7 @@ def sign(
 ) -> Call[str]:
     body = _sign_body(message, hash_algorithm, signature_algorithm, prehashed)
     return Call(
-        "POST", _key_path(name, "/sign"), lambda d: _str(d, "signature"), body, idempotent=True
+        "POST", _key_path(name, "/sign"), _one(wire.Signature, "signature"), body, idempotent=True
     )
 
 
@@ -495,19 +372,19 @@ def verify(
     body = _sign_body(message, hash_algorithm, signature_algorithm, prehashed)
     body["signature"] = tagged(signature, "signature")
     return Call(
-        "POST", _key_path(name, "/verify"), lambda d: _bool(d, "valid"), body, idempotent=True
+        "POST", _key_path(name, "/verify"), _one(wire.Valid, "valid"), body, idempotent=True
     )
 
 
 def hmac(name: str, data: bytes) -> Call[str]:
     body = {"input": b64(data)}
-    return Call("POST", _key_path(name, "/hmac"), lambda d: _str(d, "mac"), body, idempotent=True)
+    return Call("POST", _key_path(name, "/hmac"), _one(wire.Mac, "mac"), body, idempotent=True)
 
 
 def verify_hmac(name: str, data: bytes, mac: str | bytes) -> Call[bool]:
     body = {"input": b64(data), "mac": tagged(mac, "mac")}
     return Call(
-        "POST", _key_path(name, "/verify-hmac"), lambda d: _bool(d, "valid"), body, idempotent=True
+        "POST", _key_path(name, "/verify-hmac"), _one(wire.Valid, "valid"), body, idempotent=True
     )
 
 
@@ -517,7 +394,7 @@ def random(length: int) -> Call[bytes]:
     return Call(
         "POST",
         "/v1/random",
-        lambda d: unb64(_field(d, "random"), "random"),
+        _one(wire.RandomBytes, "random"),
         {"bytes": length},
         idempotent=True,
     )
@@ -527,19 +404,16 @@ def generate_aes_key() -> Call[bytes]:
     return Call(
         "POST",
         "/generate-aes-key",
-        lambda d: unb64(_field(d, "aes_key"), "aes_key"),
+        lambda d: unb64(wire.decode(wire.AesKey, d).aes_key, "aes_key"),
         {},
         idempotent=True,
     )
 
 
 def generate_rsa_key_pair() -> Call[RsaKeyPair]:
-    def parse(doc: Any) -> RsaKeyPair:
-        return RsaKeyPair(
-            public_key_pem=_str(doc, "public_key"), private_key_pem=_str(doc, "private_key")
-        )
-
-    return Call("POST", "/generate-rsa-key-pair", parse, {}, idempotent=True, slow=True)
+    return Call(
+        "POST", "/generate-rsa-key-pair", _answer(RsaKeyPair), {}, idempotent=True, slow=True
+    )
 
 
 # --------------------------------------------------------------------------- tokens
@@ -562,22 +436,22 @@ def create_token(
     }
     if ttl_seconds is not None:
         body["ttl_seconds"] = ttl_seconds
-    return Call("POST", "/v1/tokens", parse_issued, body)
+    return Call("POST", "/v1/tokens", _answer(IssuedToken), body)
 
 
 def list_tokens(after: str, limit: int) -> Call[TokenPage]:
     params: dict[str, str | int] = {"limit": limit}
     if after:
         params["after"] = after
-    return Call("GET", "/v1/tokens", parse_token_page, params=params, idempotent=True)
+    return Call("GET", "/v1/tokens", _answer(TokenPage), params=params, idempotent=True)
 
 
 def read_token(token_id: str) -> Call[TokenInfo]:
-    return Call("GET", _token_path(token_id), parse_token, idempotent=True)
+    return Call("GET", _token_path(token_id), _answer(TokenInfo), idempotent=True)
 
 
 def revoke_token(token_id: str) -> Call[TokenInfo]:
-    return Call("DELETE", _token_path(token_id), parse_token, idempotent=True)
+    return Call("DELETE", _token_path(token_id), _answer(TokenInfo), idempotent=True)
 
 
 # --------------------------------------------------------------------------- answers, retries

@@ -1,7 +1,7 @@
 """The client's one mapping from the server's error codes back to the exception tree.
 
 The server answers every failure as ``{"error": {"code", "message"}}`` with the code of an
-`enclave_kms.errors` class (its own table lives in `enclave/api/errors.py`). The client turns
+`enclave_kms.errors` class; both sides read the one table of `enclave_kms.wire`. The client turns
 that code back into the *same* class, so `except NotFoundError` works identically against the
 service in process and over HTTPS. Codes the framework produces before any route runs
 (unknown route, wrong method, oversized body) map to the closest class.
@@ -14,50 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from enclave_kms.errors import (
-    AuditError,
-    BoundaryError,
-    ConflictError,
-    CryptoOperationError,
-    EnclaveKMSError,
-    IntegrityError,
-    InvalidRequestError,
-    KeyStateError,
-    NotFoundError,
-    PermissionDeniedError,
-    ServerError,
-    StateRollbackError,
-    StorageError,
-    UnauthenticatedError,
-)
+from enclave_kms import wire
+from enclave_kms.errors import EnclaveKMSError, ServerError
 
 MAX_MESSAGE = 300
 
-ERROR_CODES: Final[dict[str, type[EnclaveKMSError]]] = {
-    "invalid_request": InvalidRequestError,
-    "crypto_failed": CryptoOperationError,
-    "unauthenticated": UnauthenticatedError,
-    "permission_denied": PermissionDeniedError,
-    "not_found": NotFoundError,
-    "conflict": ConflictError,
-    "key_state": KeyStateError,
-    "state_rollback": StateRollbackError,
-    "integrity_violation": IntegrityError,
-    "boundary_violation": BoundaryError,
-    "storage_unavailable": StorageError,
-    "audit_failed": AuditError,
-    # Codes produced by the framework rather than by a typed error:
-    "route_not_found": NotFoundError,
-    "method_not_allowed": InvalidRequestError,
-    "payload_too_large": InvalidRequestError,
-    # The server could not produce evidence, or failed unexpectedly: a server failure.
-    "attestation_unavailable": ServerError,
-    "internal": ServerError,
-}
-"""Server error code → exception class (the inverse of the server's ERROR_TABLE)."""
-
-RETRYABLE_CODES: Final[frozenset[str]] = frozenset({"storage_unavailable", "audit_failed"})
-"""Nothing was acknowledged; an idempotent request may be sent again."""
+ERROR_CODES: Final[dict[str, type[EnclaveKMSError]]] = {e.code: e.raised for e in wire.ERROR_CODES}
+"""Server error code → exception class (the wire contract's table, read the other way)."""
 
 
 def _short(text: str) -> str:

@@ -1,7 +1,8 @@
 """The one place where failures become HTTP responses (DESIGN §11, §12).
 
 Every error leaves the API as ``{"error": {"code": ..., "message": ...}}``. The status and
-code come from `ERROR_TABLE` (exception classes of `enclave_kms.errors`) or, for failures the
+code come from `ERROR_TABLE` (exception classes of `enclave_kms.errors`, from the wire
+contract's `ERROR_CODES`) or, for failures the
 framework detects before our code runs (unknown route, wrong method, malformed JSON, request
 validation, oversized body), from `HTTP_CODES`. Messages of typed errors are passed through
 (the error tree promises they carry no secrets) and truncated; anything unexpected becomes an
@@ -33,44 +34,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from enclave_kms.enclave.api.support import request_slot, route_label
-from enclave_kms.errors import (
-    AttestationError,
-    AuditError,
-    BoundaryError,
-    ConflictError,
-    CryptoOperationError,
-    EnclaveKMSError,
-    IntegrityError,
-    InvalidRequestError,
-    KeyStateError,
-    NotFoundError,
-    PermissionDeniedError,
-    PlatformError,
-    StateRollbackError,
-    StorageError,
-    UnauthenticatedError,
-)
+from enclave_kms.errors import EnclaveKMSError
+from enclave_kms.wire import ERROR_CODES
 
 logger = logging.getLogger("enclave_kms.api")
 
 MAX_MESSAGE = 300
 INTERNAL_MESSAGE = "internal error; the request id identifies it in the enclave log"
 
-ERROR_TABLE: Final[tuple[tuple[type[EnclaveKMSError], int, str], ...]] = (
-    (InvalidRequestError, 400, "invalid_request"),
-    (CryptoOperationError, 400, "crypto_failed"),
-    (UnauthenticatedError, 401, "unauthenticated"),
-    (PermissionDeniedError, 403, "permission_denied"),
-    (NotFoundError, 404, "not_found"),
-    (ConflictError, 409, "conflict"),
-    (KeyStateError, 409, "key_state"),
-    (StateRollbackError, 502, "state_rollback"),
-    (IntegrityError, 502, "integrity_violation"),
-    (BoundaryError, 502, "boundary_violation"),
-    (StorageError, 503, "storage_unavailable"),
-    (AuditError, 503, "audit_failed"),
-    (PlatformError, 503, "attestation_unavailable"),
-    (AttestationError, 503, "attestation_unavailable"),
+ERROR_TABLE: Final[tuple[tuple[type[EnclaveKMSError], int, str], ...]] = tuple(
+    (cls, entry.status, entry.code) for entry in ERROR_CODES for cls in entry.answers
 )
 """Exception class → (status, code). Looked up along the MRO, so subclasses inherit a row.
 Any other `EnclaveKMSError` is unexpected here and becomes the opaque 500 "internal"."""

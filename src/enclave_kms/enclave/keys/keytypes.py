@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave_kms.errors import IntegrityError, InvalidRequestError
+from enclave_kms.wire import KEY_TYPES as WIRE_KEY_TYPES
+from enclave_kms.wire import KeyTypeName
 
 Family = Literal["aes", "hmac", "rsa", "ec", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -41,9 +43,10 @@ HMAC_MAX_BYTES = 64  # SHA-256 block size; longer keys are hashed down anyway
 
 @dataclass(frozen=True)
 class KeyType:
-    """One supported key type. `bits` is the key size (curve size for EC)."""
+    """One supported key type. `bits` is the key size (curve size for EC); the names are
+    the wire contract's (`enclave_kms.wire.KeyTypeName`), checked below."""
 
-    name: str
+    name: KeyTypeName
     family: Family
     bits: int
     operations: frozenset[str]
@@ -67,7 +70,9 @@ _TYPES = (
     KeyType("ed25519", "ed25519", 256, SIGNING_OPERATIONS),
 )
 KEY_TYPES: Mapping[str, KeyType] = MappingProxyType({t.name: t for t in _TYPES})
-DEFAULT_KEY_TYPE = "aes256-gcm"
+if tuple(KEY_TYPES) != WIRE_KEY_TYPES:  # one list of names: a type added here is added there
+    raise ImportError("keytypes and enclave_kms.wire.KEY_TYPES disagree")
+DEFAULT_KEY_TYPE: KeyTypeName = "aes256-gcm"
 
 _CURVES: Mapping[str, type[ec.EllipticCurve]] = MappingProxyType(
     {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1}
