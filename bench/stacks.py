@@ -91,7 +91,9 @@ STACKS = (
 
 def start(stack: Stack, workdir: Path, tls: TlsFiles, workers: int) -> tuple[str, ManagedProcess]:
     if importlib.util.find_spec(stack.server) is None:
-        raise BenchError(f"{stack.server} is not installed (pip install {stack.server})")
+        raise BenchError(
+            f"{stack.server} is not installed (pip install -c constraints.txt -e '.[bench]')"
+        )
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     proc = ManagedProcess(

@@ -1,7 +1,9 @@
 """The `hello` ceiling: a hello-world HTTPS endpoint on our own server stack.
 
-Same stack and settings as the enclave's server (`enclave_kms.enclave.runtime`): FastAPI on
-uvicorn, TLS terminated by uvicorn, no access log, no lifespan, 30 s keep-alive. Whatever
+Same stack and settings as the enclave's server (`enclave_kms.enclave.runtime`) for its hot
+routes: a raw ASGI handler (what api/hot.py is) on uvicorn, TLS terminated by uvicorn, no
+access log, no lifespan, 30 s keep-alive (FastAPI serves only the other routes since issue 12;
+bench/stacks.py compares the layers). Whatever
 enclave-kms does per request costs on top of this, so `hello` bounds every enclave-kms HTTP row
 (issue 7: ≥ 70 % of it). Run with 1 and 2 worker processes.
 
@@ -15,17 +17,10 @@ import ssl
 import sys
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from bench.peers.base import LOOPBACK, HttpOp, HttpTarget, ManagedProcess, free_port, make_tls
+from bench.stack_apps import asgi_app as app
 
-app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-
-
-@app.get("/v1/hello")
-async def hello() -> dict[str, str]:
-    """`async def`: a plain `def` endpoint would add a hop through anyio's thread pool."""
-    return {"hello": "world"}
+__all__ = ["app", "start"]
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +75,7 @@ def start(workdir: Path, workers: int) -> HttpTarget:
         base_url=base,
         ops={"hello": HttpOp("GET", "/v1/hello")},
         stop=proc.stop,
-        extra={"processes": workers, "stack": "uvicorn+uvloop+httptools+fastapi"},
+        extra={"processes": workers, "stack": "uvicorn+uvloop+httptools+asgi"},
     )
 
 
