@@ -21,47 +21,22 @@ from enclave_kms.enclave.api.models import (
 )
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
 from enclave_kms.enclave.keys.service import MAX_DELETION_WAIT as _MAX_WAIT
-from enclave_kms.enclave.keys.service import MAX_LIST_LIMIT, KeyMetadata
+from enclave_kms.enclave.keys.service import MAX_LIST_LIMIT
 from enclave_kms.wire import (
     ExportedKey,
     KeyInfo,
     KeyPage,
-    KeyVersion,
     WrappingKey,
 )
 
 PathName = Annotated[str, Path(pattern=KEY_NAME_REGEX, description="key name")]
 
 
-def key_out(meta: KeyMetadata) -> KeyInfo:
-    return KeyInfo(
-        name=meta.name,
-        type=meta.type,
-        created=meta.created,
-        latest_version=meta.latest_version,
-        min_decryption_version=meta.min_decryption_version,
-        enabled=meta.enabled,
-        exportable=meta.exportable,
-        deletion_scheduled_at=meta.deletion_scheduled_at,
-        operations=tuple(meta.operations),
-        public_key_pem=meta.public_key_pem,
-        versions=tuple(
-            KeyVersion(
-                version=v.version,
-                created=v.created,
-                public_key_pem=v.public_key_pem,
-                imported=v.imported,
-            )
-            for v in meta.versions
-        ),
-    )
-
-
 def create_key(request: Request, body: KeyCreateIn, who: Caller = Depends(caller)) -> KeyInfo:
     """Create a key with fresh material (version 1). `exportable` can never be changed."""
     who.authorize("keys.write", body.name)
     kms = app_context(request).kms
-    return key_out(kms.create_key(body.name, body.type, exportable=body.exportable))
+    return kms.create_key(body.name, body.type, exportable=body.exportable)
 
 
 def list_keys(
@@ -71,33 +46,26 @@ def list_keys(
     who: Caller = Depends(caller),
 ) -> KeyPage:
     """Keys by name, ascending; only those the token may read are shown."""
-    page = app_context(request).kms.list_keys(
+    return app_context(request).kms.list_keys(
         after=after, limit=limit, visible=lambda name: who.allowed("keys.read", name)
-    )
-    return KeyPage(
-        keys=tuple(key_out(k) for k in page.keys),
-        next_after=page.next_after,
-        unreadable=tuple(page.unreadable),
     )
 
 
 def read_key(request: Request, name: PathName) -> KeyInfo:
     """Metadata and public keys; never private material."""
-    return key_out(app_context(request).kms.read_key(name))
+    return app_context(request).kms.read_key(name)
 
 
 def rotate_key(request: Request, name: PathName) -> KeyInfo:
     """Add a version with fresh material; older versions still decrypt and verify."""
-    return key_out(app_context(request).kms.rotate_key(name))
+    return app_context(request).kms.rotate_key(name)
 
 
 def configure_key(request: Request, name: PathName, body: KeyConfigIn) -> KeyInfo:
     """Set `min_decryption_version` and/or `enabled`."""
     kms = app_context(request).kms
-    return key_out(
-        kms.configure_key(
-            name, min_decryption_version=body.min_decryption_version, enabled=body.enabled
-        )
+    return kms.configure_key(
+        name, min_decryption_version=body.min_decryption_version, enabled=body.enabled
     )
 
 
@@ -110,12 +78,12 @@ def delete_key(
 ) -> KeyInfo:
     """Schedule deletion: the key is unusable at once and purged after the waiting period."""
     kms = app_context(request).kms
-    return key_out(kms.schedule_deletion(name, waiting_period=timedelta(days=waiting_period_days)))
+    return kms.schedule_deletion(name, waiting_period=timedelta(days=waiting_period_days))
 
 
 def restore_key(request: Request, name: PathName) -> KeyInfo:
     """Cancel a scheduled deletion."""
-    return key_out(app_context(request).kms.cancel_deletion(name))
+    return app_context(request).kms.cancel_deletion(name)
 
 
 def wrapping_key(request: Request) -> WrappingKey:
@@ -128,14 +96,12 @@ def import_key(request: Request, body: KeyImportIn, who: Caller = Depends(caller
     """BYOK: create a key from material wrapped to the wrapping key (see docs/api.md)."""
     who.authorize("keys.import", body.name)
     kms = app_context(request).kms
-    return key_out(
-        kms.import_key(body.name, body.type, body.wrapped_material, exportable=body.exportable)
-    )
+    return kms.import_key(body.name, body.type, body.wrapped_material, exportable=body.exportable)
 
 
 def import_key_version(request: Request, name: PathName, body: KeyImportVersionIn) -> KeyInfo:
     """BYOK rotation: add a version from wrapped material."""
-    return key_out(app_context(request).kms.import_key_version(name, body.wrapped_material))
+    return app_context(request).kms.import_key_version(name, body.wrapped_material)
 
 
 def export_key(
@@ -144,10 +110,7 @@ def export_key(
     version: Annotated[int | None, Query(ge=1, description="default: latest")] = None,
 ) -> ExportedKey:
     """Material of one version (raw bytes or PKCS#8 DER), only for exportable keys."""
-    found = app_context(request).kms.export_key(name, version=version)
-    return ExportedKey(
-        name=found.name, type=found.type, version=found.version, material=found.material
-    )
+    return app_context(request).kms.export_key(name, version=version)
 
 
 _ROUTES = (

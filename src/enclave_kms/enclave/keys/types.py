@@ -21,68 +21,19 @@ import cbor2
 from enclave_kms.enclave.keys import keytypes
 from enclave_kms.enclave.keys.keytypes import KeyType, LoadedKey
 from enclave_kms.errors import IntegrityError, InvalidRequestError
+from enclave_kms.wire import DataKey, ExportedKey, KeyPage
+from enclave_kms.wire import KeyInfo as KeyMetadata
+from enclave_kms.wire import KeyVersion as KeyVersionInfo
+
+__all__ = ["DataKey", "ExportedKey", "KeyMetadata", "KeyPage", "KeyVersionInfo"]
+"""What the key service returns is the wire contract's answer shapes themselves: one class
+per thing, from the service to the SDK."""
 
 KEY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 RECORD_FORMAT = 1
 _TAGGED = re.compile(r"ekms:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]*={0,2})")
 
 # --------------------------------------------------------------------------- public types
-
-
-@dataclass(frozen=True)
-class KeyVersionInfo:
-    version: int
-    created: datetime
-    public_key_pem: str | None
-    imported: bool
-
-
-@dataclass(frozen=True)
-class KeyMetadata:
-    """What `read_key` reveals: everything except private material."""
-
-    name: str
-    type: str
-    created: datetime
-    latest_version: int
-    min_decryption_version: int
-    enabled: bool
-    exportable: bool
-    deletion_scheduled_at: datetime | None
-    operations: tuple[str, ...]
-    versions: tuple[KeyVersionInfo, ...]
-
-    @property
-    def public_key_pem(self) -> str | None:
-        """Public key of the latest version (asymmetric keys), else None."""
-        return self.versions[-1].public_key_pem
-
-
-@dataclass(frozen=True)
-class KeyPage:
-    """One page of `list_keys`. `unreadable` names records that failed authentication."""
-
-    keys: tuple[KeyMetadata, ...]
-    next_after: str | None
-    unreadable: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DataKey:
-    """A fresh 256-bit data key: `ciphertext` always, `plaintext` unless wrapped-only."""
-
-    ciphertext: str
-    plaintext: bytes | None = field(repr=False)
-
-
-@dataclass(frozen=True)
-class ExportedKey:
-    """Material of one version: raw bytes (symmetric) or PKCS#8 DER (asymmetric)."""
-
-    name: str
-    type: str
-    version: int
-    material: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -233,6 +184,7 @@ class KeyRecord:
             exportable=self.exportable,
             deletion_scheduled_at=self.deletion_scheduled_at,
             operations=tuple(sorted(self.type.operations)),
+            public_key_pem=self.latest.public_key_pem,
             versions=tuple(
                 KeyVersionInfo(v.version, v.created, v.public_key_pem, v.imported)
                 for v in self.versions
