@@ -35,6 +35,7 @@ OPERATIONS = (
     "keys.read",
     "keys.write",
     "random",
+    "release",
     "rewrap",
     "sign",
     "sys",

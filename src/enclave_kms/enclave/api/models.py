@@ -54,6 +54,7 @@ OperationName = Literal[
     "keys.read",
     "keys.write",
     "random",
+    "release",
     "rewrap",
     "sign",
     "sys",
@@ -134,6 +135,13 @@ class KeyVersionOut(Out):
     imported: bool
 
 
+class ReleasePolicyOut(Out):
+    policy_toml: str = Field(description="the appraisal policy (canonical TOML, docs/release.md)")
+    immutable: bool = Field(description="if true, only tighter policies may replace it")
+    revision: int
+    updated: datetime
+
+
 class KeyOut(Out):
     name: str
     type: str
@@ -146,6 +154,9 @@ class KeyOut(Out):
     operations: list[str]
     public_key_pem: str | None
     versions: list[KeyVersionOut]
+    release_policy: ReleasePolicyOut | None = Field(
+        default=None, description="absent: the key is released to no workload"
+    )
 
 
 class KeyListOut(Out):

@@ -22,6 +22,7 @@ from enclave_kms.enclave.api.models import (
     KeyListOut,
     KeyOut,
     KeyVersionOut,
+    ReleasePolicyOut,
     WrappingKeyOut,
 )
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
@@ -52,6 +53,9 @@ def key_out(meta: KeyMetadata) -> KeyOut:
             )
             for v in meta.versions
         ],
+        release_policy=(
+            None if meta.release_policy is None else ReleasePolicyOut(**vars(meta.release_policy))
+        ),
     )
 
 

@@ -38,6 +38,39 @@ class KeyVersionInfo:
 
 
 @dataclass(frozen=True)
+class ReleasePolicySpec:
+    """A key's release policy as sealed in its record (semantics: `keys/release.py`).
+
+    `policy_toml` is the appraisal policy (attestation/policy.py) in its canonical TOML form;
+    `revision` counts changes (1 = first set); `immutable` is one-way: then only tighter
+    policies replace it (attestation/policy_order.py)."""
+
+    policy_toml: str
+    immutable: bool
+    revision: int
+    updated: datetime
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "policy_toml": self.policy_toml,
+            "immutable": self.immutable,
+            "revision": self.revision,
+            "updated": self.updated.isoformat(),
+        }
+
+    @classmethod
+    def from_value(cls, value: Any) -> ReleasePolicySpec:
+        if not isinstance(value["policy_toml"], str):
+            raise TypeError("policy_toml")
+        return cls(
+            value["policy_toml"],
+            _bool(value["immutable"]),
+            _int(value["revision"]),
+            _time(value["updated"]),
+        )
+
+
+@dataclass(frozen=True)
 class KeyMetadata:
     """What `read_key` reveals: everything except private material."""
 
@@ -51,6 +84,7 @@ class KeyMetadata:
     deletion_scheduled_at: datetime | None
     operations: tuple[str, ...]
     versions: tuple[KeyVersionInfo, ...]
+    release_policy: ReleasePolicySpec | None = None
 
     @property
     def public_key_pem(self) -> str | None:
@@ -154,6 +188,7 @@ class KeyRecord:
     enabled: bool
     exportable: bool
     deletion_scheduled_at: datetime | None
+    release_policy: ReleasePolicySpec | None = None  # absent: nothing is ever released
 
     @property
     def latest(self) -> VersionRecord:
@@ -183,6 +218,11 @@ class KeyRecord:
                 None
                 if self.deletion_scheduled_at is None
                 else self.deletion_scheduled_at.isoformat()
+            ),
+            **(
+                {}
+                if self.release_policy is None
+                else {"release_policy": self.release_policy.to_value()}
             ),
         }
 
@@ -215,6 +255,11 @@ class KeyRecord:
                 enabled=_bool(value["enabled"]),
                 exportable=_bool(value["exportable"]),
                 deletion_scheduled_at=None if scheduled is None else _time(scheduled),
+                release_policy=(
+                    None
+                    if value.get("release_policy") is None
+                    else ReleasePolicySpec.from_value(value["release_policy"])
+                ),
             )
             if not 1 <= key.min_decryption_version <= key.latest.version:
                 raise ValueError("min_decryption_version")
@@ -237,6 +282,7 @@ class KeyRecord:
                 KeyVersionInfo(v.version, v.created, v.public_key_pem, v.imported)
                 for v in self.versions
             ),
+            release_policy=self.release_policy,
         )
 
 
