@@ -41,6 +41,7 @@ from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore
 from enclave_kms.enclave.state.tokens import TokenService
+from enclave_kms.enclave.workload import WORKLOAD_ECALLS, refused
 from enclave_kms.errors import (
     ConfigError,
     ConflictError,
@@ -192,6 +193,10 @@ class EnclaveRuntime:
             "shutdown": self.shutdown,
             "records_changed": self.records_changed,
             **self.channel.handlers(),
+            **{
+                name: refused(name, "the KMS, not a key-release workload")
+                for name in WORKLOAD_ECALLS
+            },
         }
 
     # ------------------------------------------------------------------ secrets
