@@ -26,6 +26,7 @@ from enclave_kms.attestation.tdx_policy import TdxRules
 from enclave_kms.attestation.types import TcbStatus
 from enclave_kms.client import release as rel
 from enclave_kms.client.sync import KMSClient
+from enclave_kms.edl_endpoint import FrameObserver
 from enclave_kms.errors import EnclaveKMSError, UsageError
 from enclave_kms.host.launcher import EnclaveProcess
 from enclave_kms.host.ocalls import HostOcalls, SimQuoting
@@ -55,7 +56,7 @@ Say = Callable[[str], None]
 
 @dataclass
 class DemoResult:
-    released: list[tuple[str, str]] = field(default_factory=list)  # (what, digest prefix)
+    released: list[tuple[str, str]] = field(default_factory=list)  # (what, SHA-256 hex)
     rejected: EnclaveKMSError | None = None
     kms_mr_enclave: str = ""
     workload_mr_enclave: str = ""
@@ -88,14 +89,21 @@ def release_policy_toml(workload: LoadedImage, root_spki: str) -> str:
 
 
 def _launch_workload(
-    image: LoadedImage, platform: SimPlatform, work_dir: Path, sink: Callable[[str], None] | None
+    image: LoadedImage,
+    platform: SimPlatform,
+    work_dir: Path,
+    sink: Callable[[str], None] | None,
+    observer: FrameObserver | None,
 ) -> tuple[EnclaveProcess, SQLiteStorage, dict[str, Any]]:
     storage = SQLiteStorage(work_dir / "workload-host.sqlite")  # the OCALL table needs one
     ocalls = HostOcalls(storage, SimQuoting(platform))
     pycache = work_dir / "workload-pycache"
     pycache.mkdir(mode=0o700, exist_ok=True)
     process = EnclaveProcess(
-        enclave_argv(image, pycache_prefix=pycache), ocalls.handlers(), stderr_sink=sink
+        enclave_argv(image, pycache_prefix=pycache),
+        ocalls.handlers(),
+        stderr_sink=sink,
+        observer=observer,
     ).start()
     try:
         reply = process.call(
@@ -114,6 +122,7 @@ def run_demo(
     attack: str | None = None,
     say: Say = lambda _line: None,
     stderr_sink: Callable[[str], None] | None = None,
+    observer: FrameObserver | None = None,
 ) -> DemoResult:
     """Run the release flow end to end; with `attack`, return the typed refusal in the result."""
     if attack is not None and attack not in ATTACKS:
@@ -149,12 +158,12 @@ def run_demo(
                 port=_free_port(),
                 platform_dir=platform.path,
                 stderr_sink=stderr_sink,
-                image=None,
+                observer=observer,
             )
         )
         result.kms_mr_enclave = running.identity["mr_enclave"]
         say(f"KMS enclave serving {running.url}: MRENCLAVE {result.kms_mr_enclave[:16]}…")
-        workload = _launch_workload(variant, platform, work_dir, stderr_sink)
+        workload = _launch_workload(variant, platform, work_dir, stderr_sink, observer)
         ident = workload[2]
         result.workload_mr_enclave = ident["mr_enclave"]
         say(
@@ -210,7 +219,8 @@ def _flow(  # noqa: PLR0917 - one call site; the demo's parts, in order
         )
         if attack == "loosen-immutable":
             say("admin (attacker): tries to also allow debug enclaves")
-            admin.call(rel.set_release_policy(KEY, policy + "allow_debug = true\n"))
+            loosened = policy.replace("allow_debug = false", "allow_debug = true")
+            admin.call(rel.set_release_policy(KEY, loosened))
         grant = [{"keys": [KEY, TD_KEY, BARE_KEY], "operations": ["release"]}]
         token = admin.create_token("workload", grant).token
         say("admin: a token that may only ask for releases of these keys")
@@ -244,7 +254,7 @@ def _flow(  # noqa: PLR0917 - one call site; the demo's parts, in order
                 nonce=nonce,
                 sealed=answer.sealed,
             )["digest"]
-            result.released.append((operation, digest.hex()[:16]))
+            result.released.append((operation, digest.hex()))
             if operation == "export" and digest != hashlib.sha256(material).digest():
                 raise EnclaveKMSError("the workload opened something other than the key")
             say(f"workload opened the {operation} answer inside: SHA-256 {digest.hex()[:16]}…")
@@ -256,5 +266,5 @@ def _flow(  # noqa: PLR0917 - one call site; the demo's parts, in order
         quote = platform.td_quote(TD, td.report_data(nonce))
         answer = host.call(rel.release_key(TD_KEY, "datakey", nonce, quote, td))
         key = td.open(answer)
-        result.released.append(("td-datakey", hashlib.sha256(key).hexdigest()[:16]))
+        result.released.append(("td-datakey", hashlib.sha256(key).hexdigest()))
         say(f"simulated TDX guest (MRTD {TD.mr_td.hex()[:16]}…) received a data key")
