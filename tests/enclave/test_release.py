@@ -16,6 +16,7 @@ from enclave_kms import release_wire
 from enclave_kms.attestation.types import Collateral, spki_sha256
 from enclave_kms.client.release import Recipient, ReleaseAnswer
 from enclave_kms.enclave.keys.release import RELEASE_CLAIM, ReleaseService
+from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.errors import CryptoOperationError
 from enclave_kms.platform.base import EnclaveIdentity
 from enclave_kms.platform.sim.pcs import TcbScenario
@@ -344,3 +345,18 @@ def test_immutable_policy_is_only_tightened(world: World, platform: SimPlatform)
     recipient, n = Recipient.generate(), nonce(world)  # svn 3 no longer meets it
     r = ask(world, "frozen", sgx_evidence(platform, n, recipient), n, recipient)
     assert "isv_svn" in refused(r, "release_policy_not_met")
+
+
+def test_the_audit_chain_with_release_details_verifies(world: World, platform: SimPlatform) -> None:
+    recipient, n = Recipient.generate(), nonce(world)
+    assert ask(world, "db", sgx_evidence(platform, n, recipient), n, recipient).status_code == 200
+    refused(ask(world, "db", b"garbage", nonce(world), recipient), "evidence_refused")
+    verified = verify_chain(world.storage.audit_records())
+    assert verified is not None
+    decided = {"ok", "evidence_refused", "release_policy_not_met", "no_release_policy"}
+    events = [e for e in world.audit_events() if e["op"] == "release"]
+    details = [e.get("detail", "") for e in events if e["outcome"] in decided]
+    assert len(details) >= 2
+    assert all("policy=" in d for d in details)
+    # a nonce refusal comes before the policy is read: it still names the request's operation
+    assert all(e.get("detail") for e in events if e["outcome"] == "nonce_invalid")
