@@ -85,5 +85,7 @@ def test_attacks_are_refused(
     tmp_path_factory: pytest.TempPathFactory, attack: str, error: type, code: int
 ) -> None:
     result = run_demo(tmp_path_factory.mktemp(attack), attack=attack)
-    assert isinstance(result.rejected, error)
-    assert exit_code_for(result.rejected) == code
+    rejected = result.rejected
+    assert isinstance(rejected, error)
+    assert rejected is not None
+    assert exit_code_for(rejected) == code

@@ -25,11 +25,9 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from enclave_kms import edl, release_wire
-from enclave_kms.edl_endpoint import Endpoint
 from enclave_kms.enclave.host_calls import HostCalls
 from enclave_kms.errors import BoundaryError, ConfigError, EnclaveKMSError, NonceError
 from enclave_kms.platform.base import TeeBackend
-from enclave_kms.platform.threads import EDL_ECALL_WORKERS
 
 MAX_PENDING = 64
 WORKLOAD_ECALLS = ("workload_evidence", "workload_open")
@@ -113,31 +111,11 @@ class WorkloadRuntime:
 
 
 def main() -> None:
-    import logging
     import os
 
-    from enclave_kms.enclave.__main__ import forward_stray_output, isolate_channel
-    from enclave_kms.enclave.host_calls import OcallLogHandler
+    from enclave_kms.enclave.__main__ import open_channel
 
-    frames_in, frames_out, stray = isolate_channel()
-    holder: list[Endpoint] = []
-
-    def call(name: str, /, **args: Any) -> dict[str, Any]:
-        return holder[0].call(name, **args)
-
-    runtime = WorkloadRuntime(call)
-    endpoint = Endpoint(
-        frames_in,
-        frames_out,
-        serves="ecall",
-        handlers=runtime.handlers(),
-        workers=EDL_ECALL_WORKERS,
-    )
-    holder.append(endpoint)
-    handler = OcallLogHandler(call)
-    logging.getLogger().addHandler(handler)
-    endpoint.start()
-    forward_stray_output(stray, call)
+    runtime, endpoint = open_channel(WorkloadRuntime)
     while not runtime.stopped.wait(0.5):
         if endpoint.closed:
             break
