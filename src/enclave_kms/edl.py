@@ -205,6 +205,30 @@ ECALLS: tuple[Call, ...] = (
         (_in("kind", "str", 32), _in("id", "str", 256)),
         "Another worker wrote or deleted this record: forget any copy held in memory.",
     ),
+    Call(
+        "workload_evidence",
+        "ecall",
+        (
+            _in("nonce", "bytes", 32),
+            _out("public_key", "bytes", 32),
+            _out("evidence", "bytes", _QUOTE),
+        ),
+        "Key-release workload: a fresh X25519 recipient key and a quote binding it and the "
+        "KMS's nonce (release_wire.binding); the private key stays inside.",
+    ),
+    Call(
+        "workload_open",
+        "ecall",
+        (
+            _in("key_name", "str", 128),
+            _in("version", "int", _U16 * _U16),
+            _in("operation", "str", 16),
+            _in("nonce", "bytes", 32),
+            _in("sealed", "bytes", 64 * _KiB),
+            _out("digest", "bytes", 32),
+        ),
+        "Key-release workload: open the KMS's HPKE answer inside; returns only a digest.",
+    ),
     Call("shutdown", "ecall", (), "Stop serving and flush; the enclave process then exits."),
 )
 

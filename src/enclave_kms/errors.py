@@ -298,6 +298,48 @@ class StateRollbackError(IntegrityError):
         self.cause = cause
 
 
+class ReleaseRefusedError(KMSError):
+    """Key release (DESIGN §15) was refused. `detail` is the non-secret audit line: the
+    workload's identity as far as it was established, and the release policy consulted."""
+
+    code = "release_refused"
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class EvidenceRefusedError(ReleaseRefusedError):
+    """The workload's evidence did not appraise: not genuine, unverifiable, stale, or it does
+    not bind the nonce and the recipient key it was presented with."""
+
+    code = "evidence_refused"
+
+
+class NonceError(EvidenceRefusedError):
+    """The release nonce is unknown, expired, already used, or from another worker."""
+
+    code = "nonce_invalid"
+
+
+class ReleasePolicyNotMetError(ReleaseRefusedError):
+    """Genuine evidence of a workload that the key's release policy does not name."""
+
+    code = "release_policy_not_met"
+
+
+class NoReleasePolicyError(ReleaseRefusedError):
+    """The key has no release policy: without one nothing is ever released (safe default)."""
+
+    code = "no_release_policy"
+
+
+class ImmutablePolicyError(KMSError):
+    """An immutable release policy may only be tightened; this change would loosen it."""
+
+    code = "release_policy_immutable"
+
+
 class StorageError(KMSError):
     """The host's storage failed; the operation was not acknowledged."""
 

@@ -12,6 +12,7 @@ token ids, sealed blobs) are found in the frames.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -23,6 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
+from enclave_kms.client.release import Recipient, ReleaseAnswer
+from enclave_kms.platform.sim.platform import SimPlatform
+from enclave_kms.platform.sim.tdx import TdIdentity
 from tests.e2e.conftest import Recorder, Server, b64, fails, ok, unb64
 
 pytestmark = pytest.mark.slow
@@ -277,6 +281,33 @@ def test_no_secret_crosses_the_boundary(
         exported = ok(c.get(f"/v1/keys/nosecret-byok-{key_type}-{tag}/export"))
         assert unb64(exported["material"]) == material
 
+    # Key release to a (simulated) TD: the released data key reaches only the TD's key.
+    platform = SimPlatform.open(kms.data_dir / "platform")
+    root = platform.trust_root().spki_sha256
+    td = TdIdentity(mr_td=hashlib.sha384(tag.encode()).digest())
+    policy = f'mr_td = ["{td.mr_td.hex()}"]\nsimulated_root = "{root}"\n'
+    ok(c.put(f"/v1/keys/{aes}/release-policy", json={"policy_toml": policy}))
+    recipient = Recipient.generate()
+    nonce = unb64(ok(c.post("/v1/release/nonce"))["nonce"])
+    body = {
+        "operation": "datakey",
+        "nonce": b64(nonce),
+        "evidence": b64(platform.td_quote(td, recipient.report_data(nonce))),
+        "recipient_public_key": b64(recipient.public_key),
+    }
+    doc = ok(c.post(f"/v1/keys/{aes}/release", json=body))
+    answer = ReleaseAnswer(
+        doc["name"],
+        doc["key_type"],
+        doc["version"],
+        "datakey",
+        nonce,
+        doc["suite"],
+        unb64(doc["sealed"]),
+        doc["ciphertext"],
+    )
+    needles.add("released data key", recipient.open(answer))
+
     # Tokens: issued ones, and ones clients present that the server does not know.
     issued = ok(
         c.post(
@@ -323,7 +354,12 @@ def test_no_secret_crosses_the_boundary(
     found = {hit.split(" in ")[0] for hit in needles.found_in(exchange)}
     # The key-encryption key never travels in clear, not even to the enclave; the tutorial's
     # private key travels as PEM, whose lines are needles of their own.
-    never_in_clear = {"BYOK key-encryption key", "tutorial RSA private key"}
+    # A released key travels only HPKE-sealed to the workload: not even the client sees it.
+    never_in_clear = {
+        "BYOK key-encryption key",
+        "tutorial RSA private key",
+        "released data key",
+    }
     assert found == set(needles.secrets) - never_in_clear, set(needles.secrets) - found
     # Non-secret values that do cross are found by the same search: names, ids, sealed blobs.
     controls = Needles()

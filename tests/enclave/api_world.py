@@ -107,6 +107,7 @@ class World:
     client: TestClient
     admin: str = ""
     cache: RecordCache | None = None
+    store: RecordStore | None = None
 
     def forget(self) -> None:
         """Drop the enclave's memory of records, as a restart does: the next reads go to the
@@ -166,7 +167,7 @@ def make_world(
         max_body_bytes=max_body_bytes,
     )
     client = TestClient(create_app(ctx))
-    world = World(storage, clock, ctx, sink, attestation, client, cache=records)
+    world = World(storage, clock, ctx, sink, attestation, client, cache=records, store=store)
     if init:
         r = client.post("/v1/sys/init")
         assert r.status_code == 201, r.text

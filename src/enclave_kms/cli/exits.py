@@ -15,6 +15,9 @@ SERVER = 5
 # Most specific first: CollateralError is an AttestationError but has its own code.
 _TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (errors.UsageError, USAGE),
+    (errors.EvidenceRefusedError, EVIDENCE_INVALID),  # key release: appraisal failed
+    (errors.ReleaseRefusedError, POLICY),  # key release: policy not met, or none
+    (errors.ImmutablePolicyError, POLICY),
     (errors.PlatformPermissionError, USAGE),
     (errors.ImageError, EVIDENCE_INVALID),
     (errors.CollateralError, COLLATERAL),

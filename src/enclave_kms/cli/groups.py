@@ -13,6 +13,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("enclave", "enclave", "Build, sign and measure enclave images."),
     ("serve", "serve", "Start the KMS (simulation: host and enclave processes)."),
     ("channel", "channel", "Secure channel between two enclaves."),
+    ("release", "release", "Key release to attested workloads: policies and the demo."),
     ("attest", "attest", "Verify a KMS server's enclave and show its identity."),
     ("policy", "policy", "Write (trust on first use) and check attestation policies."),
     ("init", "tokens:init_app", "Issue the first admin token over attested TLS."),

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 from enclave_kms.edl_endpoint import CHANNEL_PREAMBLE, Endpoint
 from enclave_kms.enclave.host_calls import OcallLogHandler
@@ -75,15 +75,24 @@ def forward_stray_output(stream: IO[bytes], call: Callable[..., Any]) -> threadi
     return thread
 
 
-def main() -> None:
-    frames_in, frames_out, stray = isolate_channel()
+class _Serves(Protocol):
+    def handlers(self) -> dict[str, Any]: ...
 
+
+R = TypeVar("R", bound=_Serves)
+
+
+def open_channel(make_runtime: Callable[[Callable[..., dict[str, Any]]], R]) -> tuple[R, Endpoint]:
+    """Isolate the channel, build the runtime around its OCALL function, serve the runtime's
+    ECALLs, and send logs and stray output through the `log` OCALL (every enclave image's
+    entrypoint starts this way: the KMS and the key-release workload)."""
+    frames_in, frames_out, stray = isolate_channel()
     holder: list[Endpoint] = []
 
     def call(name: str, /, **args: Any) -> dict[str, Any]:
         return holder[0].call(name, **args)
 
-    runtime = EnclaveRuntime(call)
+    runtime = make_runtime(call)
     endpoint = Endpoint(
         frames_in,
         frames_out,
@@ -101,6 +110,11 @@ def main() -> None:
 
     endpoint.start()
     forward_stray_output(stray, call)
+    return runtime, endpoint
+
+
+def main() -> None:
+    runtime, endpoint = open_channel(EnclaveRuntime)
     # Live until the host asks us to stop or the channel to the host goes away. Without the
     # host there is no storage and no audit, so nothing could be acknowledged: stop serving.
     while not runtime.stopped.wait(0.5):

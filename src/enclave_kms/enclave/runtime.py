@@ -27,11 +27,13 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from enclave_kms.attestation.collateral import load_collateral
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
 from enclave_kms.enclave.host_calls import Call, HostCalls
+from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
@@ -39,6 +41,7 @@ from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore
 from enclave_kms.enclave.state.tokens import TokenService
+from enclave_kms.enclave.workload import WORKLOAD_ECALLS, refused
 from enclave_kms.errors import (
     ConfigError,
     ConflictError,
@@ -153,6 +156,7 @@ class EnclaveRuntime:
         self.store: RecordStore | None = None
         self.kms: KMSService | None = None
         self.tokens: TokenService | None = None
+        self.release: ReleaseService | None = None
         self.audit: AuditLog | None = None
         self.state: StateTracker | None = None
         self.tls_key: ec.EllipticCurvePrivateKey | None = None
@@ -189,6 +193,10 @@ class EnclaveRuntime:
             "shutdown": self.shutdown,
             "records_changed": self.records_changed,
             **self.channel.handlers(),
+            **{
+                name: refused(name, "the KMS, not a key-release workload")
+                for name in WORKLOAD_ECALLS
+            },
         }
 
     # ------------------------------------------------------------------ secrets
@@ -294,6 +302,10 @@ class EnclaveRuntime:
             self.store = store
             self.kms = KMSService(store)
             self.tokens = TokenService(store)
+            host = self.host
+            self.release = ReleaseService(
+                store, self.kms, lambda quote: load_collateral(host.collateral_for(quote))
+            )
             log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
             return {"identity": cbor2.dumps(self.identity_claims())}
 
@@ -338,6 +350,7 @@ class EnclaveRuntime:
                     identity=self.identity_claims(),
                     worker=self.config.worker,
                     state_head=None if self.state is None else self.state.header,
+                    release=self.release,
                 ),
                 transit_mount=self.config.transit_mount,
             )

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from enclave_kms.attestation.collateral import collateral_to_json
 from enclave_kms.attestation.sources import CollateralSource
-from enclave_kms.errors import PlatformError
+from enclave_kms.errors import EnclaveKMSError, PlatformError
 from enclave_kms.host.storage import Storage
 from enclave_kms.platform.sim.platform import SimPlatform
 from enclave_kms.sgx.pck import parse_pck_extension, pck_ca_kind
@@ -47,7 +47,7 @@ class SimQuoting:
         self._clock = clock
         self._refresh = refresh
         self._lock = threading.Lock()
-        self._cached: tuple[datetime, bytes] | None = None
+        self._cached: dict[str, tuple[datetime, bytes]] = {}
 
     def target_info(self) -> bytes:
         return self._platform.qe.target_info().to_bytes()
@@ -56,11 +56,23 @@ class SimQuoting:
         return self._platform.qe.quote(Report.parse(report))
 
     def collateral(self, quote: bytes) -> bytes:
+        """SGX or TDX collateral, by the quote's TEE (a TD quote is a workload's, for key
+        release); anything unparsable gets the SGX documents and fails verification inside."""
         now = self._clock()
+        try:
+            tee = "tdx" if parse_quote(quote).is_tdx else "sgx"
+        except EnclaveKMSError:
+            tee = "sgx"
         with self._lock:
-            if self._cached is None or now - self._cached[0] > self._refresh:
-                self._cached = (now, collateral_to_json(self._platform.collateral(now)))
-            return self._cached[1]
+            cached = self._cached.get(tee)
+            if cached is None or now - cached[0] > self._refresh:
+                made = (
+                    self._platform.tdx_collateral(now)
+                    if tee == "tdx"
+                    else self._platform.collateral(now)
+                )
+                cached = self._cached[tee] = (now, collateral_to_json(made))
+            return cached[1]
 
 
 class PccsQuoting:

@@ -34,7 +34,12 @@ from enclave_kms.host.launcher import EnclaveProcess
 from enclave_kms.host.ocalls import HostOcalls, PccsQuoting, SimQuoting
 from enclave_kms.host.storage import STORAGE_ENV, Storage, open_storage
 from enclave_kms.host.workers import MAX_WORKERS, ChangeRelay
-from enclave_kms.platform.image import EnclaveConfig, build_image, sign_image
+from enclave_kms.platform.image import (
+    DEFAULT_ENTRYPOINT,
+    EnclaveConfig,
+    build_image,
+    sign_image,
+)
 from enclave_kms.platform.sim.loader import LoadedImage, enclave_argv, load_image
 from enclave_kms.platform.sim.platform import SimPlatform
 from enclave_kms.sgx.sigstruct import generate_signing_key
@@ -167,20 +172,25 @@ def _signer(path: Path) -> rsa.RSAPrivateKey:
 
 
 def ensure_image(
-    image_dir: Path, signer_path: Path, config: EnclaveConfig | None = None
+    image_dir: Path,
+    signer_path: Path,
+    config: EnclaveConfig | None = None,
+    *,
+    entrypoint: str = DEFAULT_ENTRYPOINT,
 ) -> LoadedImage:
     """Simulation convenience: an image signed by `signer_path` (created if absent), rebuilt
-    and re-signed when it no longer verifies (the code changed) or its config differs."""
+    and re-signed when it no longer verifies (the code changed) or its config or entrypoint
+    differs (another entrypoint is another enclave: the key-release demo's workload)."""
     config = config or EnclaveConfig()
     if (image_dir / "sigstruct.bin").exists():
         try:
             loaded = load_image(image_dir)
-            if loaded.config == config:
+            if loaded.config == config and loaded.manifest.entrypoint == entrypoint:
                 return loaded
         except ImageError as exc:
             log.warning("enclave image is stale (%s); rebuilding it", exc.message)
     image_dir.mkdir(parents=True, exist_ok=True)
-    build_image(image_dir, config)
+    build_image(image_dir, config, entrypoint=entrypoint)
     sign_image(image_dir, _signer(signer_path), dt.datetime.now(dt.UTC).date())
     return load_image(image_dir)
 

@@ -36,12 +36,17 @@ from enclave_kms.errors import (
     ConflictError,
     CryptoOperationError,
     EnclaveKMSError,
+    EvidenceRefusedError,
+    ImmutablePolicyError,
     IntegrityError,
     InvalidRequestError,
     KeyStateError,
+    NonceError,
+    NoReleasePolicyError,
     NotFoundError,
     PermissionDeniedError,
     PlatformError,
+    ReleasePolicyNotMetError,
     ServerError,
     StateRollbackError,
     StorageError,
@@ -76,6 +81,7 @@ OperationName = Literal[
     "keys.read",
     "keys.write",
     "random",
+    "release",
     "rewrap",
     "sign",
     "sys",
@@ -111,6 +117,11 @@ ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
     ErrorCode("not_found", 404, NotFoundError, (NotFoundError,)),
     ErrorCode("conflict", 409, ConflictError, (ConflictError,)),
     ErrorCode("key_state", 409, KeyStateError, (KeyStateError,)),
+    ErrorCode("nonce_invalid", 403, NonceError, (NonceError,)),
+    ErrorCode("evidence_refused", 403, EvidenceRefusedError, (EvidenceRefusedError,)),
+    ErrorCode("release_policy_not_met", 403, ReleasePolicyNotMetError, (ReleasePolicyNotMetError,)),
+    ErrorCode("no_release_policy", 403, NoReleasePolicyError, (NoReleasePolicyError,)),
+    ErrorCode("release_policy_immutable", 409, ImmutablePolicyError, (ImmutablePolicyError,)),
     ErrorCode("state_rollback", 502, StateRollbackError, (StateRollbackError,)),
     ErrorCode("integrity_violation", 502, IntegrityError, (IntegrityError,)),
     ErrorCode("boundary_violation", 502, BoundaryError, (BoundaryError,)),
@@ -195,6 +206,49 @@ class KeyVersion:
 
 
 @dataclass(frozen=True)
+class ReleasePolicy:
+    """A key's release policy (DESIGN §15, docs/release.md): the appraisal policy in canonical
+    TOML; `immutable` is one-way (then only tighter policies replace it); `revision` counts
+    changes (1 = first set)."""
+
+    policy_toml: Annotated[str, Doc("the appraisal policy (canonical TOML, docs/release.md)")]
+    immutable: Annotated[bool, Doc("if true, only tighter policies may replace it")]
+    revision: int
+    updated: datetime
+
+
+@dataclass(frozen=True)
+class ReleasePolicyEnvelope:
+    """`GET/PUT /v1/keys/{name}/release-policy`."""
+
+    name: str
+    release_policy: ReleasePolicy | None
+
+
+@dataclass(frozen=True)
+class ReleaseNonce:
+    """`POST /v1/release/nonce`: single use, until `expires_at`."""
+
+    nonce: B64
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ReleaseOut:
+    """`POST /v1/keys/{name}/release`: the secret sealed to the workload's recipient key."""
+
+    name: str
+    key_type: str
+    version: int
+    operation: str
+    suite: str
+    sealed: Annotated[bytes, BASE64, Doc("HPKE enc ‖ ciphertext, to the recipient key")] = field(
+        repr=False
+    )
+    ciphertext: Annotated[str | None, Doc("datakey: the data key under the KMS key")] = None
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     """Metadata of a key (never its material)."""
 
@@ -209,6 +263,9 @@ class KeyInfo:
     operations: tuple[str, ...]
     public_key_pem: str | None
     versions: tuple[KeyVersion, ...]
+    release_policy: Annotated[
+        ReleasePolicy | None, Doc("absent: the key is released to no workload")
+    ] = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import WouldBlock, memory_only
@@ -67,6 +68,7 @@ class AppContext:
     max_body_bytes: int = 1 << 20
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
+    release: ReleaseService | None = None  # key release to attested workloads (DESIGN §15)
 
 
 def app_context(request: Request) -> AppContext:
@@ -89,6 +91,7 @@ class RequestSlot:
     outcome: str | None = None  # an error code; None means "derive from the status"
     principal: Principal | None = None
     declared_too_large: bool = False  # Content-Length above the limit
+    detail: str = ""  # non-secret audit detail (key release: workload identity and policy)
 
     def set_target(self, value: object) -> None:
         if isinstance(value, str):

@@ -21,7 +21,7 @@ import cbor2
 from enclave_kms.enclave.keys import keytypes
 from enclave_kms.enclave.keys.keytypes import KeyType, LoadedKey
 from enclave_kms.errors import IntegrityError, InvalidRequestError
-from enclave_kms.wire import DataKey, ExportedKey, KeyPage
+from enclave_kms.wire import DataKey, ExportedKey, KeyPage, ReleasePolicy
 from enclave_kms.wire import KeyInfo as KeyMetadata
 from enclave_kms.wire import KeyVersion as KeyVersionInfo
 
@@ -34,6 +34,31 @@ RECORD_FORMAT = 1
 _TAGGED = re.compile(r"ekms:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]*={0,2})")
 
 # --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True)
+class ReleasePolicySpec(ReleasePolicy):
+    """A key's release policy as sealed in its record: the wire's `ReleasePolicy` (semantics:
+    `keys/release.py`, tightening: attestation/policy_order.py) and its record value."""
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            "policy_toml": self.policy_toml,
+            "immutable": self.immutable,
+            "revision": self.revision,
+            "updated": self.updated.isoformat(),
+        }
+
+    @classmethod
+    def from_value(cls, value: Any) -> ReleasePolicySpec:
+        if not isinstance(value["policy_toml"], str):
+            raise TypeError("policy_toml")
+        return cls(
+            value["policy_toml"],
+            _bool(value["immutable"]),
+            _int(value["revision"]),
+            _time(value["updated"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,7 @@ class KeyRecord:
     enabled: bool
     exportable: bool
     deletion_scheduled_at: datetime | None
+    release_policy: ReleasePolicySpec | None = None  # absent: nothing is ever released
 
     @property
     def latest(self) -> VersionRecord:
@@ -134,6 +160,11 @@ class KeyRecord:
                 None
                 if self.deletion_scheduled_at is None
                 else self.deletion_scheduled_at.isoformat()
+            ),
+            **(
+                {}
+                if self.release_policy is None
+                else {"release_policy": self.release_policy.to_value()}
             ),
         }
 
@@ -166,6 +197,11 @@ class KeyRecord:
                 enabled=_bool(value["enabled"]),
                 exportable=_bool(value["exportable"]),
                 deletion_scheduled_at=None if scheduled is None else _time(scheduled),
+                release_policy=(
+                    None
+                    if value.get("release_policy") is None
+                    else ReleasePolicySpec.from_value(value["release_policy"])
+                ),
             )
             if not 1 <= key.min_decryption_version <= key.latest.version:
                 raise ValueError("min_decryption_version")
@@ -189,6 +225,7 @@ class KeyRecord:
                 KeyVersionInfo(v.version, v.created, v.public_key_pem, v.imported)
                 for v in self.versions
             ),
+            release_policy=self.release_policy,
         )
 
 

@@ -10,7 +10,9 @@ writes them in one `audit_append` OCALL, and each waiter returns once the batch 
 record is durable. The chain is therefore never a lock held across I/O per request.
 
 Wire form of one record: CBOR [body, signature], body = canonical CBOR map
-{"seq", "prev", "time", "actor", "op", "target", "outcome", "request_id"} and
+{"seq", "prev", "time", "actor", "op", "target", "outcome", "request_id"} (plus "detail",
+a short non-secret string, when a request has one: key release records the workload's
+identity and the release policy that decided) and
 signature = ECDSA-P256-SHA256(DER) over body. The first record (seq 0, op "audit.genesis")
 carries the audit public key so a log file can be checked on its own; `audit verify` also
 accepts the expected key fingerprint.
@@ -41,6 +43,8 @@ _REFUSED = "audit log unavailable: operation not acknowledged"
 log = logging.getLogger("enclave_kms.enclave")
 
 _FIELDS = ("seq", "prev", "time", "actor", "op", "target", "outcome", "request_id")
+_DETAIL = "detail"  # optional: absent from records that have none (and from older logs)
+MAX_DETAIL = 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class AuditEvent:
     target: str
     outcome: str
     request_id: str
+    detail: str = ""
 
 
 def _encode(body: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
@@ -65,7 +70,11 @@ def _decode(blob: bytes, index: int) -> tuple[bytes, bytes, dict[str, Any]]:
     try:
         raw, sig = cbor2.loads(blob)
         body = cbor2.loads(raw)
-        if not isinstance(body, dict) or set(body) != set(_FIELDS):
+        if (
+            not isinstance(body, dict)
+            or set(body) - {_DETAIL} != set(_FIELDS)
+            or not isinstance(body.get(_DETAIL, ""), str)
+        ):
             raise ValueError("fields")
     except Exception:  # noqa: BLE001 - any undecodable record is simply "bad"
         raise AuditError(f"audit record {index} is malformed") from None
@@ -268,6 +277,8 @@ class AuditLog:
         for queued in batch:
             body = {"seq": seq, "prev": prev, "time": self._clock().isoformat()}
             body.update({f: getattr(queued, f) for f in _FIELDS[3:]})
+            if queued.detail:
+                body[_DETAIL] = queued.detail[:MAX_DETAIL]
             blob, prev = _encode(body, self._key)
             wire.append(blob)
             seq += 1

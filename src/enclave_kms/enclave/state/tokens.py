@@ -62,10 +62,14 @@ KEY_OPERATIONS = frozenset(
         "keys.delete",
         "keys.import",
         "keys.export",
+        "release",  # key release to attested workloads (keys/release.py)
     }
 )
 GLOBAL_OPERATIONS = frozenset({"random", "tokens.manage", "audit.read", "sys"})
 OPERATIONS = KEY_OPERATIONS | GLOBAL_OPERATIONS
+LATER_OPERATIONS = frozenset({"release"})
+"""Added after installations existed: a full admin issued before them still counts as one
+(the last-admin rule must keep protecting it), though it cannot grant what it lacks."""
 
 TOKEN_PREFIX = "ekms_"  # noqa: S105 - a format prefix, not a credential
 MAX_TTL = timedelta(days=3650)
@@ -231,7 +235,7 @@ def _covers(granted: str, requested: str) -> bool:
 
 def _is_full(policies: Sequence[TokenPolicy]) -> bool:
     granted = {op for p in policies if "*" in p.keys for op in p.operations}
-    return granted >= OPERATIONS
+    return granted >= OPERATIONS - LATER_OPERATIONS
 
 
 def _time(value: Any) -> datetime | None:
