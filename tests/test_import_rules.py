@@ -80,3 +80,16 @@ def test_the_runtime_and_the_channel_ecalls_import_one_way() -> None:
     runtime, channel = "enclave_kms.enclave.runtime", "enclave_kms.enclave.channel_ecalls"
     assert graph.direct_import_exists(importer=runtime, imported=channel)
     assert graph.find_shortest_chain(importer=channel, imported=runtime) is None
+
+
+def test_the_architecture_page_names_every_room_and_every_contract() -> None:
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    page = (repo / "docs" / "architecture.md").read_text()
+    package = repo / "src" / "enclave_kms"
+    for room in sorted(p for p in package.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        assert f"  {room.name}/" in page, room.relative_to(package)
+    contracts = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for contract in contracts["contracts"]:
+        assert f'"{contract["name"]}"' in page, contract["name"]
