@@ -30,6 +30,7 @@ from enclave_kms.enclave.keys.keytypes import KEY_TYPES, LoadedKey
 from enclave_kms.enclave.keys.service import (
     DecryptItem,
     EncryptItem,
+    KeyMetadata,
     KMSService,
 )
 from enclave_kms.enclave.state.records import RecordCipher
@@ -629,12 +630,13 @@ def test_one_rule_for_changes_disabled_manages_scheduled_freezes(world: World) -
     assert kms.configure_key("rule-aes", min_decryption_version=2).min_decryption_version == 2
     kms.schedule_deletion("rule-aes")
     before = kms.read_key("rule-aes")
-    for change in (
+    changes: list[Callable[[], KeyMetadata]] = [
         lambda: kms.rotate_key("rule-aes"),
         lambda: kms.import_key_version("rule-aes", wrap(pem, os.urandom(32), hybrid=False)),
         lambda: kms.configure_key("rule-aes", enabled=True),
         lambda: kms.configure_key("rule-aes", min_decryption_version=3),
-    ):
+    ]
+    for change in changes:
         with pytest.raises(KeyStateError, match="scheduled for deletion; cancel it first"):
             change()
     assert kms.read_key("rule-aes") == before
