@@ -34,6 +34,8 @@ PROBES = {
     "attestation/_probe_files.py": "pathlib",
     "wire/_probe.py": "enclave_kms.client",
 }
+# enclave.keys imports enclave.state: this import back makes a cycle between the two rooms.
+CYCLE_PROBE = "enclave/state/_probe_cycle.py"
 
 
 def test_a_probe_import_breaking_each_rule_is_caught(tmp_path: Path) -> None:
@@ -49,6 +51,7 @@ def test_a_probe_import_breaking_each_rule_is_caught(tmp_path: Path) -> None:
     shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
     for relative, target in PROBES.items():
         (tmp_path / "src" / "enclave_kms" / relative).write_text(f"import {target}\n")
+    (tmp_path / "src" / "enclave_kms" / CYCLE_PROBE).write_text("import enclave_kms.enclave.keys\n")
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run(
         [str(lint), "--no-cache"],
@@ -63,6 +66,31 @@ def test_a_probe_import_breaking_each_rule_is_caught(tmp_path: Path) -> None:
     for relative, target in PROBES.items():
         module = "enclave_kms." + relative.removesuffix(".py").replace("/", ".")
         assert f"{module} -> {target} (l.1)" in out, (module, out)
+    assert "No cycles are allowed in enclave_kms.enclave.\n" in out, out
+    assert "- .state -> .keys (1 import)" in out, out
     contracts = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["importlinter"]
     for contract in contracts["contracts"]:
         assert f"{contract['name']} BROKEN" in out, contract["name"]
+
+
+def test_the_runtime_and_the_channel_ecalls_import_one_way() -> None:
+    """The runtime builds the channel ECALLs; they never import it back (not even for types)."""
+    import grimp
+
+    graph = grimp.build_graph("enclave_kms")
+    runtime, channel = "enclave_kms.enclave.runtime", "enclave_kms.enclave.channel_ecalls"
+    assert graph.direct_import_exists(importer=runtime, imported=channel)
+    assert graph.find_shortest_chain(importer=channel, imported=runtime) is None
+
+
+def test_the_architecture_page_names_every_room_and_every_contract() -> None:
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    page = (repo / "docs" / "architecture.md").read_text()
+    package = repo / "src" / "enclave_kms"
+    for room in sorted(p for p in package.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        assert f"  {room.name}/" in page, room.relative_to(package)
+    contracts = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for contract in contracts["contracts"]:
+        assert f'"{contract["name"]}"' in page, contract["name"]

@@ -352,6 +352,15 @@ class AuditError(KMSError):
     code = "audit_failed"
 
 
+# --------------------------------------------------------------------------- enclave lifecycle
+
+
+class NotInitializedError(EnclaveKMSError):
+    """An ECALL that needs the enclave's sealed state came before `initialize` succeeded."""
+
+    code = "not_initialized"
+
+
 # --------------------------------------------------------------------------- boundary / channel
 
 

@@ -7,6 +7,12 @@ byte of the signed TCB Info / QE Identity text and their signatures. Every mutat
 typed AttestationError naming the step that caught it, and wherever dcap-qvl applies (TCB Info
 v3, non-debug) dcap-qvl must reject it too.
 
+Every mutated input goes through one `VerificationCache` per set, as an SDK client's
+verifications do: the unchanged parts (chain, PCK extension, collateral) are remembered, while
+the cache's keys are the exact input bytes, so each mutation is a miss for what it changed and
+must still be rejected. The baseline is verified without a cache. This checks the memo under
+hostile input too, and keeps the file fast.
+
 Long regions are sampled with a stride (plus every byte of the PEM armour, line breaks and
 padding) to keep the file fast; the stride never skips a region. The bytes a correct verifier
 may ignore are listed below with the reason; flipping one of them must either be rejected or
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from enclave_kms.attestation.cache import VerificationCache
 from enclave_kms.attestation.second_opinion import not_applicable, run_dcap_qvl
 from enclave_kms.attestation.types import Collateral, VerifiedQuote
 from enclave_kms.attestation.verify import verify_quote_only
@@ -160,10 +167,17 @@ CASES = {
 }
 
 
-def _ours(v: VectorSet, quote: bytes, collateral: Collateral) -> VerifiedQuote | AttestationError:
+def _ours(
+    v: VectorSet, quote: bytes, collateral: Collateral, cache: VerificationCache | None = None
+) -> VerifiedQuote | AttestationError:
     try:
         return verify_quote_only(
-            quote, collateral, trust_root=v.trust_root, now=v.now, pck_chain=v.pck_chain
+            quote,
+            collateral,
+            trust_root=v.trust_root,
+            now=v.now,
+            pck_chain=v.pck_chain,
+            cache=cache,
         )
     except AttestationError as exc:
         return exc
@@ -192,13 +206,14 @@ def test_every_quote_mutation_is_rejected(sgx_testdata: Path, name: str) -> None
     ignored = ignored_by_us(v.quote, regions)
     dcap_ignores = (set(ignored) | root_block(v.quote, regions)) if dcap else set()
     tried, ignored_hits = 0, 0
+    cache = VerificationCache()
     for region, i in positions(regions, ignored, case.stride):
         patterns = (0x01, 0x80) if region in {"header", "qe_report", "signature"} else (0x01,)
         for pattern in patterns:
             mutated = bytearray(v.quote)
             mutated[i] ^= pattern
             tried += 1
-            ours = _ours(v, bytes(mutated), v.collateral)
+            ours = _ours(v, bytes(mutated), v.collateral, cache)
             where = f"{name} {region} offset {i} ^ {pattern:#x}"
             if isinstance(ours, VerifiedQuote):
                 assert i in ignored, f"{where}: accepted"
@@ -215,6 +230,7 @@ def test_every_quote_mutation_is_rejected(sgx_testdata: Path, name: str) -> None
                     assert isinstance(ours, AttestationError), f"{where}: both accept"
     assert tried > 1000
     assert ignored_hits > 0  # the ignorable bytes listed above are real, not hypothetical
+    assert cache.hits > 0
 
 
 def _collateral_mutations(c: Collateral, stride: int) -> Iterator[tuple[str, int, Collateral]]:
@@ -234,9 +250,10 @@ def test_every_collateral_text_mutation_is_rejected(sgx_testdata: Path, name: st
     dcap = _dcap_applies(v)
     stride = 1 if name == "phala-sgx" else case.stride * 2
     count = 0
+    cache = VerificationCache()
     for field, i, collateral in _collateral_mutations(v.collateral, stride):
         count += 1
-        ours = _ours(v, v.quote, collateral)
+        ours = _ours(v, v.quote, collateral, cache)
         where = f"{name} {field} offset {i}"
         assert isinstance(ours, AttestationError), f"{where}: accepted"
         expected_step = "qe_identity" if field.startswith("qe_identity") else "tcb_info"
@@ -245,3 +262,4 @@ def test_every_collateral_text_mutation_is_rejected(sgx_testdata: Path, name: st
             theirs = run_dcap_qvl(v.quote, collateral, trust_root=v.trust_root, now=v.now)
             assert not theirs.accepted, f"{where}: dcap-qvl accepts"
     assert count > 200
+    assert cache.hits >= count  # the unchanged chain came from the memo every time

@@ -181,9 +181,16 @@ def served(
     init: bool = True,
     workers: int = 1,
     storage: str | None = None,
+    cert_lifetime_seconds: float | None = None,
 ) -> Iterator[Server]:
     """A started (and initialised) server on `data_dir`, stopped on exit whatever happens."""
-    server = Server(data_dir, recorder, workers=workers, storage=storage)
+    server = Server(
+        data_dir,
+        recorder,
+        workers=workers,
+        storage=storage,
+        cert_lifetime_seconds=cert_lifetime_seconds,
+    )
     try:
         server.start()
         if init:

@@ -67,11 +67,8 @@ def test_ip_addresses_are_ip_sans(server: Server) -> None:
 
 
 def test_certificate_is_renewed_with_fresh_evidence_without_restart(tmp_path: Path) -> None:
-    with served(tmp_path / "data", init=False) as s:
-        s.stop()
-        s.cert_lifetime_seconds = 20  # the shortest the enclave accepts; renewal at half
-        s.start()
-        s.init()
+    # 20 s: the shortest lifetime the enclave accepts; renewal at half of it
+    with served(tmp_path / "data", cert_lifetime_seconds=20) as s:
         pid = s.live.enclave.pid
         first = handshake(s)
         lifetime = first.not_valid_after_utc - first.not_valid_before_utc

@@ -30,6 +30,7 @@ from enclave_kms.enclave.keys.keytypes import KEY_TYPES, LoadedKey
 from enclave_kms.enclave.keys.service import (
     DecryptItem,
     EncryptItem,
+    KeyMetadata,
     KMSService,
 )
 from enclave_kms.enclave.state.records import RecordCipher
@@ -611,6 +612,36 @@ def test_byok_rsa_and_ec(world: World) -> None:
     assert meta.versions[1].imported
     raw = untag(kms.sign("byok-ec-True", b"m"))[1]
     client_ec2.public_key().verify(raw, b"m", ec.ECDSA(hashes.SHA256()))
+
+
+def test_one_rule_for_changes_disabled_manages_scheduled_freezes(world: World) -> None:
+    """Issue 16: a disabled key takes every change (rotate, imported version, configure); a
+    key scheduled for deletion takes none of them, and writes nothing, until cancelled."""
+    kms = world.kms
+    pem = kms.wrapping_key().public_key_pem
+    kms.import_key("rule-aes", "aes256-gcm", wrap(pem, os.urandom(32), hybrid=False))
+    kms.configure_key("rule-aes", enabled=False)
+    assert kms.rotate_key("rule-aes").latest_version == 2
+    assert (
+        kms.import_key_version("rule-aes", wrap(pem, os.urandom(32), hybrid=True))
+        .versions[2]
+        .imported
+    )
+    assert kms.configure_key("rule-aes", min_decryption_version=2).min_decryption_version == 2
+    kms.schedule_deletion("rule-aes")
+    before = kms.read_key("rule-aes")
+    changes: list[Callable[[], KeyMetadata]] = [
+        lambda: kms.rotate_key("rule-aes"),
+        lambda: kms.import_key_version("rule-aes", wrap(pem, os.urandom(32), hybrid=False)),
+        lambda: kms.configure_key("rule-aes", enabled=True),
+        lambda: kms.configure_key("rule-aes", min_decryption_version=3),
+    ]
+    for change in changes:
+        with pytest.raises(KeyStateError, match="scheduled for deletion; cancel it first"):
+            change()
+    assert kms.read_key("rule-aes") == before
+    kms.cancel_deletion("rule-aes")
+    assert kms.rotate_key("rule-aes").latest_version == 4
 
 
 def test_byok_refusals(world: World) -> None:

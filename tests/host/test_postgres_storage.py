@@ -11,7 +11,7 @@ import pytest
 
 from enclave_kms.errors import ConfigError, StorageError
 from enclave_kms.host.storage import open_storage
-from enclave_kms.host.storage.postgres import PostgresStorage, redact
+from enclave_kms.host.storage.postgres import PostgresStorage, connect_timeout, redact
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 from tests.pg_server import PostgresServer, fresh_database
 
@@ -36,7 +36,7 @@ def test_writes_survive_a_server_crash(pg: PostgresServer) -> None:
 
 
 def test_unreachable_database_fails_every_call_typed_then_recovers(pg: PostgresServer) -> None:
-    url = fresh_database(pg)
+    url = fresh_database(pg) + "?connect_timeout=2"  # each refused call waits this long
     db = PostgresStorage(url, exclusive=False)
     assert db.put("key", "a", 0, b"v1")
     pg.stop("immediate")
@@ -59,6 +59,15 @@ def test_unreachable_database_fails_every_call_typed_then_recovers(pg: PostgresS
     assert got == (1, b"v1")
     assert db.put("key", "a", 1, b"v2")
     db.close()
+
+
+def test_the_url_connect_timeout_bounds_the_wait_for_a_connection() -> None:
+    assert connect_timeout("postgresql://kms@db/kms") == 10
+    assert connect_timeout("postgresql://kms@db/kms?connect_timeout=3") == 3
+    assert connect_timeout("postgresql://kms@db/kms?connect_timeout=1") == 2  # libpq's floor
+    assert connect_timeout("postgresql://kms@db/kms?connect_timeout=0") == 10  # 0: libpq's none
+    with pytest.raises(ConfigError, match="whole seconds"):
+        connect_timeout("postgresql://kms:pw@db/kms?connect_timeout=soon")
 
 
 def test_one_server_per_database(pg: PostgresServer) -> None:

@@ -5,14 +5,20 @@ Peer evidence is verified for real inside the enclave: collateral comes through 
 peer policy come from the enclave's configuration, and `now` is read once per verification.
 The host only relays opaque messages; plaintexts are made and consumed inside the enclave
 (`process_encrypted_msg` returns only a digest).
+
+What the ECALLs need of the initialized enclave comes as a `ChannelSide` from a callable the
+runtime passes in, so this module never imports the runtime (and the runtime's lifecycle
+error, NotInitializedError, reaches the host unchanged).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 
@@ -25,8 +31,15 @@ from enclave_kms.attestation.types import TrustRoot, VerifiedQuote
 from enclave_kms.channel import ChannelPolicy, SecureChannel
 from enclave_kms.errors import BindingError, ChannelStateError, ConfigError, PolicyError
 
-if TYPE_CHECKING:
-    from enclave_kms.enclave.runtime import EnclaveRuntime
+
+@dataclass(frozen=True)
+class ChannelSide:
+    """The initialized enclave as the channel ECALLs see it."""
+
+    settings: Mapping[str, Any]  # RuntimeConfig.channel: role, policy_toml, trust_root_pem
+    mr_enclave: bytes
+    quote_for: Callable[[bytes], bytes]
+    collateral_for: Callable[[bytes], bytes]
 
 
 def channel_message(index: int, role: str, mr_enclave: bytes) -> bytes:
@@ -35,8 +48,8 @@ def channel_message(index: int, role: str, mr_enclave: bytes) -> bytes:
 
 
 class ChannelEcalls:
-    def __init__(self, runtime: EnclaveRuntime) -> None:
-        self._rt = runtime
+    def __init__(self, side: Callable[[], ChannelSide]) -> None:
+        self._side = side
         self._channel: SecureChannel | None = None
         self._policy: Policy | None = None
         self._cache = VerificationCache()  # this enclave's peers' chains and collateral
@@ -54,9 +67,9 @@ class ChannelEcalls:
 
     def _verify_peer(self, evidence: bytes, expected_report_data: bytes) -> VerifiedQuote:
         """The peer check is `appraise`: evidence, the channel policy, the peer key's hash."""
-        settings = self._rt.config.channel
-        root = TrustRoot.from_pem(bytes(settings["trust_root_pem"]))
-        collateral = load_collateral(self._rt.host.collateral_for(evidence))
+        side = self._side()
+        root = TrustRoot.from_pem(bytes(side.settings["trust_root_pem"]))
+        collateral = load_collateral(side.collateral_for(evidence))
         policy = self._policy
         if policy is None:
             raise ChannelStateError("no secure channel is configured for this enclave")
@@ -82,7 +95,7 @@ class ChannelEcalls:
     def _get(self) -> SecureChannel:
         with self._lock:
             if self._channel is None:
-                settings = self._rt.config.channel
+                settings = self._side().settings
                 if not settings:
                     raise ChannelStateError("no secure channel is configured for this enclave")
                 try:
@@ -97,7 +110,7 @@ class ChannelEcalls:
             return self._channel
 
     def get_remote_report_with_pubkey(self) -> dict[str, Any]:
-        return {"message": self._get().get_remote_report_with_pubkey(self._rt.quote_for)}
+        return {"message": self._get().get_remote_report_with_pubkey(self._side().quote_for)}
 
     def verify_report_and_set_pubkey(self, message: bytes) -> dict[str, Any]:
         peer = self._get().verify_report_and_set_pubkey(message)
@@ -110,8 +123,8 @@ class ChannelEcalls:
         return {"message": self._get().acknowledge_secure_channel(message)}
 
     def generate_encrypted_message(self, index: int) -> dict[str, Any]:
-        role = str(self._rt.config.channel.get("role", ""))
-        plaintext = channel_message(index, role, self._rt.backend.identity.mr_enclave)
+        side = self._side()
+        plaintext = channel_message(index, str(side.settings.get("role", "")), side.mr_enclave)
         return {"message": self._get().generate_encrypted_message(plaintext)}
 
     def process_encrypted_msg(self, message: bytes) -> dict[str, Any]:

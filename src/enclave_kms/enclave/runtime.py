@@ -6,6 +6,10 @@
   config/audit-key, config/audit-head   sealed records under the storage root key
 `set_up_server` then serves HTTPS from this process for its whole life; requests never cross
 the EDL, only storage, quotes, collateral, audit and log OCALLs do.
+
+Lifecycle: what `initialize` opens exists only as one frozen `Initialized`, built at its end;
+every ECALL that needs it asks `EnclaveRuntime.ready()`, which raises NotInitializedError
+before then. Serving (`set_up_server`) adds the TLS identity, renewed in place.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from enclave_kms.attestation.collateral import load_collateral
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
-from enclave_kms.enclave.channel_ecalls import ChannelEcalls
+from enclave_kms.enclave.channel_ecalls import ChannelEcalls, ChannelSide
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
@@ -46,6 +50,7 @@ from enclave_kms.errors import (
     ConfigError,
     ConflictError,
     EnclaveKMSError,
+    NotInitializedError,
     SealingError,
     StateRollbackError,
     UnsupportedFormatError,
@@ -140,49 +145,69 @@ def open_backend(config: RuntimeConfig) -> TeeBackend:
     raise ConfigError(f"initialize: unknown platform {config.platform!r}")
 
 
+@dataclass(frozen=True)
+class Initialized:
+    """Everything `initialize` opened: it exists only once the enclave is initialized, so
+    no field is ever half set. The TLS identity is not here: it is issued when serving
+    starts and renewed in place."""
+
+    config: RuntimeConfig
+    backend: TeeBackend
+    tls_key: ec.EllipticCurvePrivateKey
+    store: RecordStore
+    state: StateTracker
+    audit: AuditLog
+    kms: KMSService
+    tokens: TokenService
+    release: ReleaseService
+
+    def certificate_id(self) -> str:
+        """The sealed record holding this build's RA-TLS certificate (shared by workers)."""
+        return f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+
+
 class EnclaveRuntime:
     """Holds the enclave's state between ECALLs; `handlers()` is the EDL ECALL table."""
 
     def __init__(self, call: Call, *, backend: TeeBackend | None = None) -> None:
         self._call = call
         self.host = HostCalls(call)
-        self._backend = backend
-        self._config: RuntimeConfig | None = None
+        self._given_backend = backend  # tests and embedders pass one; else from the config
+        self._initialized: Initialized | None = None
+        self._initialize_called = False
         self._server: uvicorn.Server | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._state_lock = threading.Lock()
         self.stopped = threading.Event()
         self.server_done = threading.Event()
-        self.store: RecordStore | None = None
-        self.kms: KMSService | None = None
-        self.tokens: TokenService | None = None
-        self.release: ReleaseService | None = None
-        self.audit: AuditLog | None = None
-        self.state: StateTracker | None = None
-        self.tls_key: ec.EllipticCurvePrivateKey | None = None
         self.identity: tls.TlsIdentity | None = None
-        self.channel = ChannelEcalls(self)
+        self.channel = ChannelEcalls(self._channel_side)
 
     # ------------------------------------------------------------------ plumbing
 
-    @property
-    def backend(self) -> TeeBackend:
-        if self._backend is None:
-            raise EnclaveKMSError("enclave is not initialized")
-        return self._backend
-
-    @property
-    def config(self) -> RuntimeConfig:
-        if self._config is None:
-            raise EnclaveKMSError("enclave is not initialized")
-        return self._config
+    def ready(self) -> Initialized:
+        """The initialized state; NotInitializedError before `initialize` has succeeded."""
+        state = self._initialized
+        if state is None:
+            raise NotInitializedError("enclave is not initialized")
+        return state
 
     def quote_for(self, report_data: bytes) -> bytes:
         """A quote over our report data. Simulation models Open Enclave's path (EREPORT to the
         QE, the host quotes it); Gramine quotes inside the library OS via /dev/attestation."""
-        if self.config.platform == "gramine":
-            return self.backend.get_quote(report_data)
-        return self.host.quote_for(self.backend, report_data)
+        ready = self.ready()
+        if ready.config.platform == "gramine":
+            return ready.backend.get_quote(report_data)
+        return self.host.quote_for(ready.backend, report_data)
+
+    def _channel_side(self) -> ChannelSide:
+        ready = self.ready()
+        return ChannelSide(
+            settings=ready.config.channel,
+            mr_enclave=ready.backend.identity.mr_enclave,
+            quote_for=self.quote_for,
+            collateral_for=self.host.collateral_for,
+        )
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -201,14 +226,16 @@ class EnclaveRuntime:
 
     # ------------------------------------------------------------------ secrets
 
-    def _sealed_secret(self, id: str, policy: KeyPolicy, aad: bytes, make: Any) -> bytes:
+    def _sealed_secret(
+        self, backend: TeeBackend, id: str, policy: KeyPolicy, aad: bytes, make: Any
+    ) -> bytes:
         """Unseal identity/<id>, or create it with `make()` and store it sealed (CAS)."""
         for _ in range(3):
             found = self.host.get("identity", id)
             if found is not None:
                 version, blob = found
                 try:
-                    return self.backend.unseal(blob, aad)
+                    return backend.unseal(blob, aad)
                 except SealingError:
                     if policy is KeyPolicy.MRSIGNER:
                         raise  # never silently replace the storage root key
@@ -216,7 +243,7 @@ class EnclaveRuntime:
             else:
                 version = 0
             secret: bytes = make()
-            if self.host.put("identity", id, version, self.backend.seal(secret, policy, aad)):
+            if self.host.put("identity", id, version, backend.seal(secret, policy, aad)):
                 return secret
         raise ConflictError(f"identity/{id} keeps changing under us; refusing to start")
 
@@ -267,57 +294,65 @@ class EnclaveRuntime:
 
     def initialize(self, config: bytes) -> dict[str, Any]:
         with self._state_lock:
-            if self._config is not None:
+            if self._initialize_called:  # once per process, even after a failed attempt
                 raise ConflictError("enclave is already initialized")
-            cfg = RuntimeConfig.parse(config)
-            if self._backend is None:
-                self._backend = open_backend(cfg)
-            self._config = cfg
+            cfg = RuntimeConfig.parse(config)  # a config it cannot read may be sent again
+            self._initialize_called = True
+            backend = self._given_backend or open_backend(cfg)
             srk = self._sealed_secret(
-                "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
+                backend, "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
             )
-            ident = self.backend.identity
+            ident = backend.identity
             tls_der = self._sealed_secret(
+                backend,
                 f"tls-key-{ident.mr_enclave.hex()[:32]}",
                 KeyPolicy.MRENCLAVE,
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
             )
-            self.tls_key = tls.key_from_der(tls_der)
+            tls_key = tls.key_from_der(tls_der)
             store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
             audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
-            self.state = tracker
             worker = cfg.worker
 
             def persist_head(seq: int, prev: bytes) -> None:
                 tracker.audit_advanced(worker, seq, prev)
 
-            self.audit = AuditLog(
+            audit = AuditLog(
                 audit_key,
                 self.host.audit_append,
                 head=tracker.audit_head(worker) or legacy_head,
                 persist_head=persist_head,
                 tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
             )
-            self.store = store
-            self.kms = KMSService(store)
-            self.tokens = TokenService(store)
+            kms = KMSService(store)
             host = self.host
-            self.release = ReleaseService(
-                store, self.kms, lambda quote: load_collateral(host.collateral_for(quote))
+            self._initialized = Initialized(
+                config=cfg,
+                backend=backend,
+                tls_key=tls_key,
+                store=store,
+                state=tracker,
+                audit=audit,
+                kms=kms,
+                tokens=TokenService(store),
+                release=ReleaseService(
+                    store, kms, lambda quote: load_collateral(host.collateral_for(quote))
+                ),
             )
             log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
             return {"identity": cbor2.dumps(self.identity_claims())}
 
     def identity_claims(self) -> dict[str, Any]:
-        ident = self.backend.identity
+        ready = self.ready()
+        ident = ready.backend.identity
         return {
             "mr_enclave": ident.mr_enclave.hex(),
             "mr_signer": ident.mr_signer.hex(),
             "isv_prod_id": ident.isv_prod_id,
             "isv_svn": ident.isv_svn,
             "debug": ident.attributes.debug,
-            "simulated": self.config.platform == "sim",
+            "simulated": ready.config.platform == "sim",
         }
 
     def attest(self, nonce: bytes) -> AttestationBundle:
@@ -334,37 +369,32 @@ class EnclaveRuntime:
 
     def set_up_server(self, port: int, keep_server_up: bool) -> dict[str, Any]:
         """Serve HTTPS from inside the enclave until `shutdown` (or one request if not kept up)."""
-        kms, tokens, audit, tls_key = self.kms, self.tokens, self.audit, self.tls_key
-        if kms is None or tokens is None or audit is None or tls_key is None:
-            raise EnclaveKMSError("enclave is not initialized")
+        ready = self.ready()
+        cfg = ready.config
         with self._state_lock:
             if self._server is not None:
                 raise ConflictError("the server is already running")
-            self.identity = self._server_identity(tls_key)
+            self.identity = self._server_identity(ready)
             app = create_app(
                 AppContext(
-                    kms=kms,
-                    tokens=tokens,
-                    audit=audit,
+                    kms=ready.kms,
+                    tokens=ready.tokens,
+                    audit=ready.audit,
                     attestation=self,
                     identity=self.identity_claims(),
-                    worker=self.config.worker,
-                    state_head=None if self.state is None else self.state.header,
-                    release=self.release,
+                    worker=cfg.worker,
+                    state_head=ready.state.header,
+                    release=ready.release,
                 ),
-                transit_mount=self.config.transit_mount,
+                transit_mount=cfg.transit_mount,
             )
             # Several workers share the port: the kernel spreads connections over them.
-            sockets = (
-                [_shared_port_socket(self.config.listen_host, port)]
-                if self.config.workers > 1
-                else None
-            )
+            sockets = [_shared_port_socket(cfg.listen_host, port)] if cfg.workers > 1 else None
             self._tls_context = tls.ssl_context(self.identity)
             context = self._tls_context
             server_config = uvicorn.Config(
                 app,
-                host=self.config.listen_host,
+                host=cfg.listen_host,
                 port=port,
                 ssl_context_factory=lambda _cfg, _default: context,
                 log_config=None,
@@ -377,7 +407,7 @@ class EnclaveRuntime:
                 timeout_graceful_shutdown=2,  # in-flight requests finish; idle keep-alives close
             )
             self._server = uvicorn.Server(server_config)
-        log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
+        log.info("serving HTTPS on %s:%d", cfg.listen_host, port)
         threading.Thread(target=self._renew_loop, name="tls-renewal", daemon=True).start()
         try:
             server = self._server
@@ -391,6 +421,7 @@ class EnclaveRuntime:
         """Issue a fresh certificate (new evidence, same key) before the current one expires,
         without a restart: new connections get it; pinned clients keep their pin (the key is
         the same) and fresh evidence passes the same policy or they refuse it."""
+        ready = self.ready()
         while not self.stopped.is_set():
             identity = self.identity
             if identity is None or self._tls_context is None:
@@ -406,8 +437,8 @@ class EnclaveRuntime:
                     identity.key,
                     self.quote_for,
                     datetime.now(UTC),
-                    dns_names=self.config.dns_names,
-                    lifetime=self.config.cert_lifetime,
+                    dns_names=ready.config.dns_names,
+                    lifetime=ready.config.cert_lifetime,
                 )
                 tls.load_identity(self._tls_context, renewed)
             except EnclaveKMSError as exc:
@@ -415,34 +446,31 @@ class EnclaveRuntime:
                 self.stopped.wait(60)
                 continue
             self.identity = renewed
-            self._share_certificate(renewed)
+            self._share_certificate(ready, renewed)
             log.info(
                 "server certificate renewed; valid until %s",
                 renewed.certificate.not_valid_after_utc,
             )
 
-    def _share_certificate(self, identity: tls.TlsIdentity) -> None:
-        store = self.store
-        if store is None or self.config.worker != 0:
+    def _share_certificate(self, ready: Initialized, identity: tls.TlsIdentity) -> None:
+        if ready.config.worker != 0:
             return
-        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        cert_id = ready.certificate_id()
         value = {"certificate": identity.certificate_pem, "quote": identity.quote}
         try:
-            found = store.get("config", cert_id)
-            store.put("config", cert_id, 0 if found is None else found.version, value)
+            found = ready.store.get("config", cert_id)
+            ready.store.put("config", cert_id, 0 if found is None else found.version, value)
         except EnclaveKMSError as exc:
             log.warning("renewed certificate not shared with other workers: %s", exc.message)
 
-    def _server_identity(self, key: ec.EllipticCurvePrivateKey) -> tls.TlsIdentity:
+    def _server_identity(self, ready: Initialized) -> tls.TlsIdentity:
         """Worker 0 issues the RA-TLS certificate and keeps it in the sealed store; the other
         workers serve that same certificate (same build, hence the same sealed TLS key), so a
         client that pinned it sees one server whichever worker its connection reaches."""
-        store = self.store
-        if store is None:
-            raise EnclaveKMSError("enclave is not initialized")
-        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        key, store, cfg = ready.tls_key, ready.store, ready.config
+        cert_id = ready.certificate_id()
         found = store.get("config", cert_id)
-        if self.config.worker > 0 and found is not None:
+        if cfg.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])
             if shared is not None:
                 return shared
@@ -451,25 +479,27 @@ class EnclaveRuntime:
             key,
             self.quote_for,
             datetime.now(UTC),
-            dns_names=self.config.dns_names,
-            lifetime=self.config.cert_lifetime,
+            dns_names=cfg.dns_names,
+            lifetime=cfg.cert_lifetime,
         )
-        if self.config.worker == 0:
+        if cfg.worker == 0:
             value = {"certificate": identity.certificate_pem, "quote": identity.quote}
             store.put("config", cert_id, 0 if found is None else found.version, value)
         return identity
 
     def records_changed(self, kind: str, id: str) -> dict[str, Any]:
         """Another worker wrote or deleted (kind, id): drop this worker's copy."""
-        if self.store is not None:
-            self.store.forget(kind, id)
+        if self._initialized is not None:  # before initialize there is nothing to forget
+            self._initialized.store.forget(kind, id)
         return {}
 
     def _pem_key(self) -> bytes:
-        if self.tls_key is None:
-            raise EnclaveKMSError("enclave is not initialized")
-        pem = self.tls_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        pem = (
+            self.ready()
+            .tls_key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
         return pem.ljust(PEM_KEY_SIZE, b"\0")
 

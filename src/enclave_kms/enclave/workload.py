@@ -114,7 +114,7 @@ class WorkloadRuntime:
 def main() -> None:
     import os
 
-    from enclave_kms.enclave.__main__ import open_channel
+    from enclave_kms.enclave.channel_io import open_channel
 
     runtime, endpoint = open_channel(WorkloadRuntime)
     while not runtime.stopped.wait(0.5):

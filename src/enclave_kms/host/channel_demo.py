@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from enclave_kms.attestation.types import spki_sha256
 from enclave_kms.edl_endpoint import FrameObserver
@@ -102,11 +104,10 @@ def run_demo(
     def observer(name: str) -> FrameObserver:
         return lambda direction, wire: result.frames.append((name, direction, wire))
 
-    enclaves: list[tuple[EnclaveProcess, SQLiteStorage]] = []
-    try:
-        for name, image, role in (("A", image_a, "initiator"), ("B", image_b, "responder")):
-            # State is sealed to its enclave's identity: one store per image and role.
-            storage = SQLiteStorage(work_dir / f"{image.directory.name}-{role}.sqlite")
+    def launch(name: str, image: LoadedImage, role: str) -> tuple[EnclaveProcess, dict[str, Any]]:
+        # State is sealed to its enclave's identity: one store per image and role.
+        storage = SQLiteStorage(work_dir / f"{image.directory.name}-{role}.sqlite")
+        try:
             enclave, ident = launch_enclave(
                 image,
                 platform,
@@ -116,12 +117,24 @@ def run_demo(
                 observer=observer(name),
                 stderr_sink=stderr_sink,
             )
-            enclaves.append((enclave, storage))
+        except BaseException:
+            storage.close()
+            raise
+        enclaves.append((enclave, storage))
+        return enclave, ident
+
+    enclaves: list[tuple[EnclaveProcess, SQLiteStorage]] = []
+    specs = (("A", image_a, "initiator"), ("B", image_b, "responder"))
+    try:
+        # The two enclaves are independent until they talk: start them side by side.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="demo-launch") as pool:
+            started = [pool.submit(launch, *spec) for spec in specs]
+        (a, ident_a), (b, ident_b) = (future.result() for future in started)
+        for (name, _, role), ident in zip(specs, (ident_a, ident_b), strict=True):
             say(
                 f"enclave {name} ({role}) started: MRENCLAVE {ident['mr_enclave'][:16]}…, "
                 f"ProductID {ident['isv_prod_id']}, SVN {ident['isv_svn']}, debug {ident['debug']}"
             )
-        a, b = enclaves[0][0], enclaves[1][0]
         try:
             _protocol(a, b, attack=attack, messages=messages, say=say, result=result)
         except EnclaveKMSError as exc:

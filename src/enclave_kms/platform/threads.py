@@ -32,7 +32,7 @@ ENCLAVE_THREADS: Mapping[str, int] = MappingProxyType(
         "main": 1,  # enclave/__main__.py: waits for shutdown
         "edl-reader": 1,  # edl_endpoint.Endpoint: reads frames
         "edl-ecall": EDL_ECALL_WORKERS,  # edl_endpoint.Endpoint pool
-        "stray-output": 1,  # enclave/__main__.py: fd 1/2 lines → log OCALL
+        "stray-output": 1,  # enclave/channel_io.py: fd 1/2 lines → log OCALL
         "audit": 1,  # enclave/state/audit.py: batches and appends the audit chain
         "anyio-worker": HTTP_BLOCKING_THREADS,  # enclave/runtime.py bounds anyio's limiter
         "libuv": LIBUV_THREADPOOL_SIZE,

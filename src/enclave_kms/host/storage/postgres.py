@@ -55,11 +55,28 @@ PostgreSQL schema is version 2 (SQLite's current one), so there is nothing to mi
 
 _SCHEMA_LOCK = 0x656B_6D73_0001  # pg_advisory_xact_lock key: one replica migrates at a time
 _SERVER_LOCK = 0x656B_6D73_0002  # pg_advisory_lock key: one enclave-kms server per database
-_CONNECT_TIMEOUT_S = 10
+_CONNECT_TIMEOUT_S = 10  # unless the URL sets libpq's connect_timeout (seconds, >= 2)
 
 
 def is_database_url(spec: str) -> bool:
     return spec.startswith(("postgresql://", "postgres://"))
+
+
+def connect_timeout(url: str) -> int:
+    """How long a call waits for a connection: the URL's `connect_timeout` (libpq's own
+    parameter, which it then also applies to each connection attempt) or 10 s. Like libpq,
+    values below 2 s are raised to 2."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url).get("connect_timeout")
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"--storage {redact(url)!r}: not a valid PostgreSQL URL") from None
+    if given is None:
+        return _CONNECT_TIMEOUT_S
+    try:
+        seconds = int(str(given))
+    except ValueError:
+        raise ConfigError("--storage: connect_timeout must be whole seconds") from None
+    return _CONNECT_TIMEOUT_S if seconds <= 0 else max(seconds, 2)
 
 
 def redact(url: str) -> str:
@@ -88,6 +105,7 @@ class PostgresStorage:
             raise ConfigError(f"--storage {url!r}: expected postgresql://USER@HOST:PORT/DB")
         self.url = redact(url)
         self._url = url
+        self._timeout = connect_timeout(url)
         self._exclusive = exclusive
         self._closed = threading.Event()
         self._owner: psycopg.Connection[Any] | None = None
@@ -98,16 +116,16 @@ class PostgresStorage:
             url,
             min_size=1,
             max_size=max_connections,
-            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S, "autocommit": True},
+            kwargs={"connect_timeout": self._timeout, "autocommit": True},
             configure=_configure,
-            timeout=_CONNECT_TIMEOUT_S,
+            timeout=self._timeout,
             open=False,
             name="enclave-kms",
         )
         try:
             if exclusive:
                 self._owner = self._take_server_lock()
-            self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
+            self._pool.open(wait=True, timeout=self._timeout)
             self._transaction(self._create_or_migrate)
             if exclusive:
                 self._epoch = self._transaction(_bump_epoch)
@@ -123,7 +141,7 @@ class PostgresStorage:
     # ------------------------------------------------------------------ ownership
 
     def _take_server_lock(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self._url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True)
+        conn = psycopg.connect(self._url, connect_timeout=self._timeout, autocommit=True)
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVER_LOCK,)).fetchone()
         if not row or not row[0]:
             conn.close()
