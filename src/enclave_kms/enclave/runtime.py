@@ -26,14 +26,22 @@ import cbor2
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.types import ASGIApp
 
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
+from enclave_kms.enclave.custody.recovery import (
+    RecoveryEvent,
+    RecoverySession,
+    SwitchableApp,
+    recovery_app,
+)
+from enclave_kms.enclave.custody.shares import Custody, SetStore
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.service import KMSService
-from enclave_kms.enclave.state.audit import AuditLog
+from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
 from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
@@ -43,6 +51,7 @@ from enclave_kms.errors import (
     ConfigError,
     ConflictError,
     EnclaveKMSError,
+    RecoveryError,
     SealingError,
     StateRollbackError,
     UnsupportedFormatError,
@@ -72,6 +81,7 @@ class RuntimeConfig:
     workers: int = 1
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
     cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
+    recovery: bool = False  # may enter k-of-n recovery if the SRK does not unseal (custody/)
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -91,6 +101,7 @@ class RuntimeConfig:
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
                 transit_mount=str(raw.get("transit_mount", "transit")),
+                recovery=raw.get("recovery") is True,
                 cert_lifetime=tls.bounded_lifetime(
                     float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
                 ),
@@ -157,6 +168,9 @@ class EnclaveRuntime:
         self.state: StateTracker | None = None
         self.tls_key: ec.EllipticCurvePrivateKey | None = None
         self.identity: tls.TlsIdentity | None = None
+        self.custody: Custody | None = None
+        self.recovery: RecoverySession | None = None  # k-of-n recovery mode (custody/)
+        self._app: SwitchableApp | None = None
         self.channel = ChannelEcalls(self)
 
     # ------------------------------------------------------------------ plumbing
@@ -265,9 +279,6 @@ class EnclaveRuntime:
             if self._backend is None:
                 self._backend = open_backend(cfg)
             self._config = cfg
-            srk = self._sealed_secret(
-                "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
-            )
             ident = self.backend.identity
             tls_der = self._sealed_secret(
                 f"tls-key-{ident.mr_enclave.hex()[:32]}",
@@ -276,26 +287,97 @@ class EnclaveRuntime:
                 lambda: tls.key_to_der(tls.generate_tls_key()),
             )
             self.tls_key = tls.key_from_der(tls_der)
-            store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
-            audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
-            self.state = tracker
-            worker = cfg.worker
-
-            def persist_head(seq: int, prev: bytes) -> None:
-                tracker.audit_advanced(worker, seq, prev)
-
-            self.audit = AuditLog(
-                audit_key,
-                self.host.audit_append,
-                head=tracker.audit_head(worker) or legacy_head,
-                persist_head=persist_head,
-                tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
-            )
-            self.store = store
-            self.kms = KMSService(store)
-            self.tokens = TokenService(store)
+            srk = self._storage_root_key(cfg)
+            if srk is None:
+                log.warning("enclave in recovery mode: mr_enclave %s", ident.mr_enclave.hex())
+                return {"identity": cbor2.dumps({**self.identity_claims(), "recovery": True})}
+            self._open(cfg, srk)
             log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
             return {"identity": cbor2.dumps(self.identity_claims())}
+
+    def _storage_root_key(self, cfg: RuntimeConfig) -> bytes | None:
+        """The unsealed SRK, or None after entering recovery mode (only if `cfg.recovery`
+        and this CPU cannot unseal it: a new machine of an installation whose every replica
+        is lost). Never a new SRK over an existing recovery set."""
+        sealed = self.host.get("identity", "storage-root-key")
+        if cfg.recovery and (sealed is None and SetStore(self.host).load() is not None):
+            self.recovery = self._start_recovery(cfg)
+            return None
+        try:
+            return self._sealed_secret(
+                "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
+            )
+        except SealingError as exc:
+            if not cfg.recovery:
+                raise SealingError(
+                    f"{exc.message}; if every replica of this installation is lost, start "
+                    "this machine with `serve --recovery` and k recovery officers restore "
+                    "the key (docs/replicas.md, Recovery)"
+                ) from None
+        self.recovery = self._start_recovery(cfg)
+        return None
+
+    def _start_recovery(self, cfg: RuntimeConfig) -> RecoverySession:
+        if cfg.workers != 1:
+            raise ConfigError("recovery mode runs one worker (--workers 1)")
+        found = SetStore(self.host).load()
+        if found is None:
+            raise RecoveryError(
+                "this CPU cannot unseal the storage root key and the storage holds no "
+                "recovery set: the installation cannot be recovered here"
+            )
+        return RecoverySession(
+            found[1],
+            quote_for=self.quote_for,
+            collateral_for=self.host.collateral_for,
+            restore=self._restore,
+        )
+
+    def _open(self, cfg: RuntimeConfig, srk: bytes) -> None:
+        """Open the store under `srk`: authenticates it against the state head, or raises
+        (leaving nothing half set up)."""
+        store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
+        audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
+        worker = cfg.worker
+
+        def persist_head(seq: int, prev: bytes) -> None:
+            tracker.audit_advanced(worker, seq, prev)
+
+        self.audit = AuditLog(
+            audit_key,
+            self.host.audit_append,
+            head=tracker.audit_head(worker) or legacy_head,
+            persist_head=persist_head,
+            tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
+        )
+        self.state = tracker
+        self.store = store
+        self.kms = KMSService(store)
+        self.tokens = TokenService(store)
+        self.custody = Custody(self.host, srk)
+
+    def _restore(self, srk: bytes, events: list[RecoveryEvent]) -> None:
+        """k shares gave `srk` (commitment and MAC checked): open the store with it, seal it
+        to this CPU, audit every recovery step, then serve the full API."""
+        with self._state_lock:
+            session = self.recovery
+            self._open(self.config, srk)
+            found = self.host.get("identity", "storage-root-key")
+            blob = self.backend.seal(srk, KeyPolicy.MRSIGNER, _SRK_AAD)
+            if not self.host.put("identity", "storage-root-key", found[0] if found else 0, blob):
+                raise ConflictError("the sealed storage root key changed during recovery")
+            audit = self.audit
+            assert audit is not None
+            assert session is not None
+            target = session.set.set_id.hex()[:16]
+            for n, event in enumerate([*events, RecoveryEvent.now("recovery.restore", "", "ok")]):
+                actor = f"officer:{event.officer[:16]}" if event.officer else "anonymous"
+                audit.record(
+                    AuditEvent(actor, event.op, f"{target}@{event.time}", event.outcome, f"r{n}")
+                )
+            if self._app is not None:
+                self._app.app = self._api()
+        log.warning("storage root key restored by k-of-n recovery and sealed to this CPU")
 
     def identity_claims(self) -> dict[str, Any]:
         ident = self.backend.identity
@@ -322,25 +404,19 @@ class EnclaveRuntime:
 
     def set_up_server(self, port: int, keep_server_up: bool) -> dict[str, Any]:
         """Serve HTTPS from inside the enclave until `shutdown` (or one request if not kept up)."""
-        kms, tokens, audit, tls_key = self.kms, self.tokens, self.audit, self.tls_key
-        if kms is None or tokens is None or audit is None or tls_key is None:
+        tls_key = self.tls_key
+        if tls_key is None or (self.recovery is None and self.kms is None):
             raise EnclaveKMSError("enclave is not initialized")
         with self._state_lock:
             if self._server is not None:
                 raise ConflictError("the server is already running")
             self.identity = self._server_identity(tls_key)
-            app = create_app(
-                AppContext(
-                    kms=kms,
-                    tokens=tokens,
-                    audit=audit,
-                    attestation=self,
-                    identity=self.identity_claims(),
-                    worker=self.config.worker,
-                    state_head=None if self.state is None else self.state.header,
-                ),
-                transit_mount=self.config.transit_mount,
-            )
+            app: ASGIApp
+            if self.recovery is not None and not self.recovery.restored:
+                app = recovery_app(self.recovery, self, self.identity_claims())
+            else:
+                app = self._api()
+            self._app = SwitchableApp(app)
             # Several workers share the port: the kernel spreads connections over them.
             sockets = (
                 [_shared_port_socket(self.config.listen_host, port)]
@@ -350,7 +426,7 @@ class EnclaveRuntime:
             self._tls_context = tls.ssl_context(self.identity)
             context = self._tls_context
             server_config = uvicorn.Config(
-                app,
+                self._app,
                 host=self.config.listen_host,
                 port=port,
                 ssl_context_factory=lambda _cfg, _default: context,
@@ -373,6 +449,22 @@ class EnclaveRuntime:
         finally:
             self.server_done.set()
         return {}
+
+    def _api(self) -> ASGIApp:
+        kms, tokens, audit = self.kms, self.tokens, self.audit
+        if kms is None or tokens is None or audit is None:
+            raise EnclaveKMSError("enclave is not initialized")
+        context = AppContext(
+            kms=kms,
+            tokens=tokens,
+            audit=audit,
+            attestation=self,
+            identity=self.identity_claims(),
+            worker=self.config.worker,
+            state_head=None if self.state is None else self.state.header,
+            custody=self.custody,
+        )
+        return create_app(context, transit_mount=self.config.transit_mount)
 
     def _renew_loop(self) -> None:
         """Issue a fresh certificate (new evidence, same key) before the current one expires,
@@ -425,10 +517,8 @@ class EnclaveRuntime:
         workers serve that same certificate (same build, hence the same sealed TLS key), so a
         client that pinned it sees one server whichever worker its connection reaches."""
         store = self.store
-        if store is None:
-            raise EnclaveKMSError("enclave is not initialized")
         cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
-        found = store.get("config", cert_id)
+        found = None if store is None else store.get("config", cert_id)  # None: recovery
         if self.config.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])
             if shared is not None:
@@ -441,7 +531,7 @@ class EnclaveRuntime:
             dns_names=self.config.dns_names,
             lifetime=self.config.cert_lifetime,
         )
-        if self.config.worker == 0:
+        if self.config.worker == 0 and store is not None:
             value = {"certificate": identity.certificate_pem, "quote": identity.quote}
             store.put("config", cert_id, 0 if found is None else found.version, value)
         return identity

@@ -1,0 +1,1 @@
+"""Shared formats of the k-of-n recovery of the storage root key (wire.py)."""

@@ -1,0 +1,251 @@
+"""Recovery mode: an enclave that cannot unseal the SRK collects k officers' shares.
+
+Started by `serve --recovery` on a new machine when every replica is lost (the sealed SRK
+belongs to CPUs that are gone). The enclave makes a session key that lives only in its
+memory, and serves, over its RA-TLS server, only: health, attestation, the recovery status
+(with evidence binding the session key: `wire.session_binding`), the stored sealed shares,
+and share submission. Each submission is opened with the session key and checked against the
+stored set (its set id, its index not yet accepted, its digest) before it is kept; the k-th
+reconstructs the SRK, which is used only if it matches the set's commitment and MAC and then
+opens the existing store (the runtime's `restore`). Then the runtime seals it to this CPU and
+swaps the full API in (`SwitchableApp`), same TLS key, same pins.
+
+Audit: before the SRK is back the installation's audit key is out of reach (it is a record
+under the SRK), so every step is kept in memory (`RecoveryEvent`, shown by the status and
+logged without secrets) and appended to the installation's audit chain right after the
+restore. A recovery that never completes leaves only the log lines (the host's log sink).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import x25519
+from fastapi import FastAPI, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from enclave_kms.custody import wire
+from enclave_kms.enclave.api.errors import install_error_handlers
+from enclave_kms.enclave.api.routes_sys import NONCE_REGEX, attestation_out
+from enclave_kms.enclave.api.support import AttestationProvider
+from enclave_kms.enclave.custody.shares import RecoverySet, combine, share_answer
+from enclave_kms.errors import (
+    ConflictError,
+    EnclaveKMSError,
+    RecoveryDuplicateError,
+    RecoveryError,
+    RecoveryPendingError,
+    RecoveryShareError,
+)
+
+log = logging.getLogger("enclave_kms.enclave.recovery")
+
+MAX_EVENTS = 256  # a flood of refused submissions must not grow the enclave's memory
+SESSION_FORMULA = (
+    "report_data[0:32] = SHA-256('enclave-kms/recovery/session/v1' || session_id || "
+    "session_key), raw bytes"
+)
+
+
+@dataclass(frozen=True)
+class RecoveryEvent:
+    """One recovery step: what the installation's audit chain receives after the restore."""
+
+    time: str
+    op: str  # recovery.start, recovery.submit, recovery.restore
+    officer: str  # fingerprint, or "" when the submission could not be opened
+    outcome: str  # "ok" or an error code
+
+    @classmethod
+    def now(cls, op: str, officer: str, outcome: str) -> RecoveryEvent:
+        return cls(datetime.now(UTC).replace(microsecond=0).isoformat(), op, officer, outcome)
+
+
+class SubmitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session_id: str = Field(pattern="^[0-9a-fA-F]{32}$")
+    sealed: str = Field(max_length=8192, description="HPKE ciphertext, base64")
+
+
+class RecoverySession:
+    """The shares accepted so far, the session key, and the steps taken."""
+
+    def __init__(
+        self,
+        recovery_set: RecoverySet,
+        *,
+        quote_for: Callable[[bytes], bytes],
+        collateral_for: Callable[[bytes], bytes],
+        restore: Callable[[bytes, list[RecoveryEvent]], None],
+    ) -> None:
+        self.set = recovery_set
+        self.session_id = os.urandom(wire.SESSION_ID_BYTES)
+        self._key = x25519.X25519PrivateKey.generate()
+        self.session_key = wire.raw_public(self._key.public_key())
+        self._quote_for, self._collateral_for, self._restore = quote_for, collateral_for, restore
+        self._accepted: dict[int, bytes] = {}
+        self._evidence: tuple[bytes, bytes] | None = None
+        self._lock = threading.Lock()
+        self.events: list[RecoveryEvent] = []
+        self.restored = False
+        self._event("recovery.start", "", "ok")
+
+    def _event(self, op: str, officer: str, outcome: str) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(RecoveryEvent.now(op, officer, outcome))
+        log.warning(
+            "recovery %s: officer %s, %s", op, officer[:16] or "unknown", outcome
+        )  # warning: an operator must see every recovery step in the host's log
+
+    def evidence(self) -> tuple[bytes, bytes]:
+        """(quote, collateral) binding the session key; made once per session."""
+        with self._lock:
+            if self._evidence is None:
+                binding = wire.session_binding(self.session_id, self.session_key)
+                quote = self._quote_for(binding + bytes(32))
+                self._evidence = (quote, self._collateral_for(quote))
+            return self._evidence
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            accepted = sorted(self._accepted)
+            events = [e.__dict__ for e in self.events]
+        return {
+            "state": "restored" if self.restored else "recovering",
+            **self.set.summary(),
+            "accepted": [self.set.shares[i - 1].fingerprint for i in accepted],
+            "needed": 0 if self.restored else self.set.threshold - len(accepted),
+            "session_id": self.session_id.hex(),
+            "session_key": wire.b64(self.session_key),
+            "events": events,
+            "audited": "in memory and in the host log until the restore; then in the "
+            "installation's audit chain",
+        }
+
+    def submit(self, session_id: bytes, sealed: bytes) -> dict[str, Any]:
+        """Open, check and keep one share; the k-th restores the SRK (or discards them all)."""
+        with self._lock:
+            try:
+                index, share = self._open(session_id, sealed)
+            except EnclaveKMSError as exc:
+                self._event("recovery.submit", "", exc.code)
+                raise
+            officer = self.set.shares[index - 1].fingerprint
+            try:
+                self._check(index, share)
+            except EnclaveKMSError as exc:
+                self._event("recovery.submit", officer, exc.code)
+                raise
+            self._accepted[index] = share
+            self._event("recovery.submit", officer, "ok")
+            if len(self._accepted) >= self.set.threshold:
+                self._reconstruct()
+        return self.status()
+
+    def _open(self, session_id: bytes, sealed: bytes) -> tuple[int, bytes]:
+        if self.restored:
+            raise ConflictError("the storage root key is already restored")
+        if not hmac.compare_digest(session_id, self.session_id):
+            raise RecoveryShareError(
+                "the submission is for another recovery session (a replay, or this enclave "
+                "restarted): read the status again and re-submit"
+            )
+        try:
+            plain = wire.SUITE.decrypt(sealed, self._key, info=wire.submit_info(session_id))
+        except (InvalidTag, ValueError):
+            raise RecoveryShareError(
+                "the submission is not sealed to this session's key (a replay or a forgery)"
+            ) from None
+        set_id, index, share = wire.decode_submission(plain)
+        if set_id != self.set.set_id or index > len(self.set.shares):
+            raise RecoveryShareError("the share belongs to another recovery set")
+        return index, share
+
+    def _check(self, index: int, share: bytes) -> None:
+        if index in self._accepted:
+            raise RecoveryDuplicateError("this officer's share is already accepted")
+        expected = self.set.shares[index - 1].digest
+        if not hmac.compare_digest(wire.share_digest(self.set.set_id, index, share), expected):
+            raise RecoveryShareError(
+                "the share does not match the recovery set (wrong, corrupted or forged)"
+            )
+
+    def _reconstruct(self) -> None:
+        shares, self._accepted = list(self._accepted.values()), {}
+        try:
+            srk = combine(shares)
+            if not self.set.matches(srk):
+                raise RecoveryError(
+                    "the reconstructed key does not match the recovery set's commitment; "
+                    "every share was discarded"
+                )
+            self._restore(srk, self.events)
+        except EnclaveKMSError as exc:
+            self._event("recovery.restore", "", exc.code)
+            raise
+        self.restored = True
+
+
+class SwitchableApp:
+    """The ASGI app uvicorn serves: the recovery app, then (once restored) the full API."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def recovery_app(
+    session: RecoverySession, attestation: AttestationProvider, identity: dict[str, Any]
+) -> FastAPI:
+    """The API of an enclave in recovery mode: recovery only; everything else is 503."""
+    app = FastAPI(title="enclave-kms (recovery mode)", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {"status": "recovering", "initialized": True, "identity": identity, "worker": 0}
+
+    @app.get("/v1/attestation")
+    def attest(nonce: Annotated[str, Query(pattern=NONCE_REGEX)]) -> Any:
+        return attestation_out(attestation.attest(bytes.fromhex(nonce)), nonce)
+
+    @app.get("/v1/sys/recovery")
+    def status() -> dict[str, Any]:
+        quote, collateral = session.evidence()
+        return {
+            **session.status(),
+            "quote": wire.b64(quote),
+            "collateral": collateral.decode("utf-8"),
+            "report_data_formula": SESSION_FORMULA,
+        }
+
+    @app.get("/v1/sys/recovery/shares/{fingerprint}")
+    def share(fingerprint: Annotated[str, Path(pattern=wire.FINGERPRINT_REGEX)]) -> dict[str, Any]:
+        found = session.set.share_for(fingerprint)
+        return share_answer(session.set, found, verified=False)
+
+    @app.post("/v1/sys/recovery/submit")
+    def submit(body: SubmitIn) -> dict[str, Any]:
+        return session.submit(bytes.fromhex(body.session_id), wire.unb64(body.sealed))
+
+    @app.api_route(
+        "/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+    )
+    def elsewhere(request: Request) -> None:
+        raise RecoveryPendingError(
+            f"this enclave is in recovery mode: {session.set.threshold} officers' shares "
+            "restore the storage root key; until then only /v1/sys/recovery is served"
+        )
+
+    return app
