@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
-from enclave_kms.errors import RecoveryShareError
+from enclave_kms.errors import InvalidRequestError, RecoveryShareError
 
 SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 SRK_BYTES = 32
@@ -83,9 +83,9 @@ def load_officer_public(data: bytes) -> x25519.X25519PublicKey:
             return x25519.X25519PublicKey.from_public_bytes(data)
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        raise RecoveryShareError("an officer key is not an X25519 public key") from None
+        raise InvalidRequestError("an officer key is not an X25519 public key") from None
     if not isinstance(key, x25519.X25519PublicKey):
-        raise RecoveryShareError("an officer key is not an X25519 public key")
+        raise InvalidRequestError("an officer key is not an X25519 public key")
     return key
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from enclave_kms.custody import wire
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
 from enclave_kms.enclave.custody.shares import Custody
-from enclave_kms.errors import EnclaveKMSError, PermissionDeniedError
+from enclave_kms.errors import NotFoundError, PermissionDeniedError
 
 
 class SplitIn(BaseModel):
@@ -33,7 +33,7 @@ class SplitIn(BaseModel):
 def _custody(request: Request) -> Custody:
     custody = app_context(request).custody
     if custody is None:
-        raise EnclaveKMSError("recovery is not available in this enclave")
+        raise NotFoundError("k-of-n recovery is not available in this enclave")
     return custody
 
 

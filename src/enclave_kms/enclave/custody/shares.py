@@ -25,10 +25,10 @@ from enclave_kms.custody import wire
 from enclave_kms.enclave.state.store import Backend
 from enclave_kms.errors import (
     ConflictError,
+    IntegrityError,
     InvalidRequestError,
     NotFoundError,
     RecoveryError,
-    RecoveryShareError,
 )
 
 SET_ID = ("identity", "recovery-set")
@@ -191,7 +191,7 @@ class SetStore:
         if found is None:
             return None
         if not found[1].matches(srk):
-            raise RecoveryShareError(
+            raise IntegrityError(
                 "the stored recovery set is not this installation's (the host altered it)"
             )
         return found[1]
