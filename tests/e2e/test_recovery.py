@@ -251,7 +251,7 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Installation:
 def reconstructed_srk(inst: Installation) -> bytes:
     """The SRK as all officers together know it, checked to open A's records."""
     shares = [inst.share(i).open(inst.keys[i]).decode() for i in range(OFFICERS)]
-    srk = shamir_mnemonic.combine_mnemonics(shares[:THRESHOLD])
+    srk: bytes = shamir_mnemonic.combine_mnemonics(shares[:THRESHOLD])
     with closing(sqlite3.connect(inst.data_dir / "kms.sqlite")) as conn:
         kind, id, version, blob = conn.execute(
             "SELECT kind, id, version, blob FROM records WHERE kind='config' AND id='audit-key'"

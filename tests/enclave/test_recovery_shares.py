@@ -58,9 +58,9 @@ def test_any_k_restore_and_k_minus_1_do_not(
     for subset in itertools.combinations(opened, 3):
         assert combine(subset) == srk
     assert made.matches(srk)
-    for subset in itertools.combinations(opened, 2):
+    for pair in itertools.combinations(opened, 2):
         with pytest.raises(RecoveryError):
-            combine(subset)
+            combine(pair)
     assert not made.matches(os.urandom(32))
 
 

@@ -309,7 +309,7 @@ class EnclaveRuntime:
             )
         except SealingError as exc:
             if not cfg.recovery:
-                raise SealingError(
+                raise type(exc)(
                     f"{exc.message}; if every replica of this installation is lost, start "
                     "this machine with `serve --recovery` and k recovery officers restore "
                     "the key (docs/replicas.md, Recovery)"
