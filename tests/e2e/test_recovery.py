@@ -5,13 +5,15 @@ CLI) and its officers fetch their sealed shares; then every replica is lost. A n
 CPU B under the same root (`platform init --root-from`) cannot unseal the SRK. With
 `--recovery` it attests, officers appraise it with their policy and submit, and after two
 valid shares it serves the old data again, sealed to B. Along the way the host swaps shares
-in the store, replays a submission, forges one, stops at k-1; the shares and the SRK never
+in the stored set, fabricates a set for a key of its own, replays a submission, forges one,
+stops at k-1; the shares and the SRK never
 appear in any EDL frame, log line or host file; and a recovering enclave of another build is
 refused by the officers before anything is sent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,14 +36,15 @@ from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.client import KMSClient
 from enclave_kms.client import recovery as officer_sdk
 from enclave_kms.custody import wire
+from enclave_kms.enclave.custody.shares import split
 from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.errors import (
     RecoveryError,
-    RecoveryShareError,
     SealingError,
 )
-from enclave_kms.host.service import Running, ServeOptions, start
+from enclave_kms.host.service import Running, ServeOptions, ensure_image, start
+from enclave_kms.platform.image import EnclaveConfig, MiB
 from enclave_kms.platform.sim.platform import SimPlatform
 from tests.e2e.conftest import (
     CLI,
@@ -168,8 +171,22 @@ def stored_set(db: Path) -> tuple[dict[str, Any], bytes]:
     return cbor2.loads(outer["body"]), outer["mac"]
 
 
-def write_set(db: Path, body: dict[str, Any], mac: bytes) -> None:
-    blob = cbor2.dumps({"body": cbor2.dumps(body, canonical=True), "mac": mac})
+def stored_origin(db: Path) -> bytes:
+    with closing(sqlite3.connect(db)) as conn:
+        (blob,) = conn.execute(
+            "SELECT blob FROM records WHERE kind='identity' AND id='recovery-set'"
+        ).fetchone()
+    origin: bytes = cbor2.loads(blob)["origin"]
+    return origin
+
+
+def write_set(db: Path, body: dict[str, Any], mac: bytes, origin: bytes) -> None:
+    set_record(
+        db, cbor2.dumps({"body": cbor2.dumps(body, canonical=True), "mac": mac, "origin": origin})
+    )
+
+
+def set_record(db: Path, blob: bytes) -> None:
     with closing(sqlite3.connect(db, isolation_level=None)) as conn:
         conn.execute(
             "UPDATE records SET blob=?, version=version+1"
@@ -273,28 +290,30 @@ def test_hostile_host_and_the_recovery(inst: Installation) -> None:
 
 
 def _host_swaps_shares_then_recovery(inst: Installation, recorder: Recorder) -> None:
-    # ---- 1. the host swaps two officers' sealed shares in the stored set
+    # ---- 1. the host alters the stored set, or fabricates one for a key of its own
     swapped_dir = new_machine(inst, "b-swapped")
     body, mac = stored_set(swapped_dir / "kms.sqlite")
+    origin = stored_origin(swapped_dir / "kms.sqlite")
     body["shares"][0][3], body["shares"][1][3] = body["shares"][1][3], body["shares"][0][3]
-    write_set(swapped_dir / "kms.sqlite", body, mac)
-    with running(swapped_dir, recorder, recovery=True) as b, inst.client(b.url) as client:
-        assert b.identity["recovery"] is True
-        with pytest.raises(RecoveryShareError, match="does not open"):
-            officer_sdk.fetch_share(client, inst.keys[0])  # the officer notices the swap
-        # Officers who kept their share files submit them; the shares are genuine, but the
-        # set they are checked against was altered: the restore is refused, nothing kept.
-        replayable = sealed_submission(inst, client, 0)
-        with http(b.url) as raw:
-            ok(raw.post("/v1/sys/recovery/submit", json=replayable))
-        with pytest.raises(RecoveryError, match="commitment"):
-            officer_sdk.submit_share(client, inst.share(1), inst.keys[1])
-        after = officer_sdk.status(client)
-        assert after["needed"] == THRESHOLD
-        assert after["accepted"] == []
+    write_set(swapped_dir / "kms.sqlite", body, mac, origin)
+    with pytest.raises(RecoveryError, match="not made by an enclave of this signer"):
+        serve(swapped_dir, recorder, recovery=True).stop()
+    # A set the host made itself (its own key, MAC and digests right, the genuine origin
+    # quote copied over) with shares it could then submit: refused before any share.
+    host_srk = os.urandom(32)
+    fabricated = split(host_srk, THRESHOLD, [k.public_key() for k in inst.keys])
+    forged_dir = new_machine(inst, "b-fabricated")
+    blob = dataclasses.replace(fabricated, origin=origin).to_bytes()
+    set_record(forged_dir / "kms.sqlite", blob)
+    with pytest.raises(RecoveryError, match="not made by an enclave of this signer"):
+        serve(forged_dir, recorder, recovery=True).stop()
 
-    # ---- 2. the genuine store, a new session
+    # ---- 2. the genuine store: an officer's submission to a first session, never used
     data_dir = new_machine(inst, "b")
+    with running(data_dir, recorder, recovery=True) as b, inst.client(b.url) as client:
+        replayable = sealed_submission(inst, client, 0)
+
+    # ---- 3. a new session on the same machine
     with running(data_dir, recorder, recovery=True) as b, inst.client(b.url) as client:
         with http(b.url, inst.token) as c:
             fails(c.get("/v1/keys/orders"), 503, "recovery_in_progress")
@@ -356,12 +375,12 @@ def _host_swaps_shares_then_recovery(inst: Installation, recorder: Recorder) -> 
             ("recovery.restore", "ok"),
         ]
 
-    # ---- 3. B sealed the SRK to its own CPU: a plain restart serves
+    # ---- 4. B sealed the SRK to its own CPU: a plain restart serves
     with running(data_dir, recorder) as b2, http(b2.url, inst.token) as c:
         answer = ok(c.post("/v1/keys/orders/decrypt", json={"ciphertext": inst.ciphertext}))
         assert unb64(answer["plaintext"]) == inst.plaintext
 
-    # ---- 4. neither the SRK nor a share crossed the boundary or reached a host file
+    # ---- 5. neither the SRK nor a share crossed the boundary or reached a host file
     srk = reconstructed_srk(inst)
     needles = Needles()
     needles.add("storage root key", srk)
@@ -371,7 +390,7 @@ def _host_swaps_shares_then_recovery(inst: Installation, recorder: Recorder) -> 
     assert frames
     haystacks = [(f"EDL frame {i} ({d})", w) for i, (d, w) in enumerate(frames)]
     haystacks.append(("enclave stderr and host logs", "\n".join(lines).encode()))
-    for directory in (inst.data_dir, swapped_dir, data_dir):
+    for directory in (inst.data_dir, swapped_dir, forged_dir, data_dir):
         for path in sorted(directory.glob("kms.sqlite*")):
             haystacks.append((f"{directory.name}/{path.name}", path.read_bytes()))
     assert needles.found_in(haystacks) == []
@@ -381,8 +400,14 @@ def _host_swaps_shares_then_recovery(inst: Installation, recorder: Recorder) -> 
 
 
 def test_officers_refuse_a_recovering_enclave_of_another_build(inst: Installation) -> None:
-    data_dir = new_machine(inst, "c", same_signer=False)  # another signer: another MRSIGNER
-    with running(data_dir, recovery=True) as c:
+    # Same signer and product (so it accepts the stored set), another build: another
+    # MRENCLAVE, which the officers' policy does not allow.
+    data_dir = new_machine(inst, "c")
+    other = ensure_image(
+        data_dir / "other-image", data_dir / "signer.pem", EnclaveConfig(heap_size=128 * MiB)
+    )
+    assert other.mr_enclave.hex() != inst.policy.mr_enclave[0].hex()
+    with running(data_dir, recovery=True, image=data_dir / "other-image") as c:
         assert c.identity["recovery"] is True
         done = cli(
             inst,
@@ -392,8 +417,12 @@ def test_officers_refuse_a_recovering_enclave_of_another_build(inst: Installatio
             check=False,
         )
         assert done.returncode == 4, done.stdout + done.stderr  # policy not met
-        assert "mr_signer" in done.stderr or "mr_enclave" in done.stderr
+        assert "mr_enclave" in done.stderr
         with http(c.url) as raw:
             status = ok(raw.get("/v1/sys/recovery"))
         assert status["accepted"] == []
         assert status["needed"] == THRESHOLD
+    # Another signer's build does not even enter recovery: the set is not its product's.
+    foreign = new_machine(inst, "d", same_signer=False)
+    with pytest.raises(RecoveryError, match="not made by an enclave of this signer"):
+        serve(foreign, recovery=True).stop()

@@ -166,7 +166,7 @@ def make_world(
         attestation=attestation,
         identity=IDENTITY,
         max_body_bytes=max_body_bytes,
-        custody=Custody(storage, srk),
+        custody=Custody(storage, srk, lambda report_data: b"quote over " + report_data),
     )
     client = TestClient(create_app(ctx))
     world = World(storage, clock, ctx, sink, attestation, client, cache=records)

@@ -1,7 +1,12 @@
 """k-of-n recovery as the last resort under Gramine's sealing (issue 18): after a CPUSVN
 change the old sealed SRK cannot be unsealed; with `recovery` the runtime waits for k
 officers' shares instead of failing, restores the SRK, opens the old store and seals the SRK
-again for the new CPUSVN, so the next start needs nobody."""
+again for the new CPUSVN, so the next start needs nobody.
+
+The stand-in /dev/attestation cannot make real quotes, and Gramine's root is Intel's, so the
+origin check of the recovery set (`check_origin`, appraised for real on simulation in
+tests/e2e/test_recovery.py) is replaced here by one that checks it was asked about the set
+the old enclave quoted."""
 
 from __future__ import annotations
 
@@ -9,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from enclave_kms.client.recovery import ShareFile, generate_officer_key, load_officer_key
 from enclave_kms.custody import wire
+from enclave_kms.enclave import runtime as runtime_module
+from enclave_kms.enclave.custody.shares import RecoverySet
 from enclave_kms.enclave.runtime import EnclaveRuntime
 from enclave_kms.host.storage.sqlite import SQLiteStorage
 from enclave_kms.platform.gramine import GramineBackend
@@ -41,7 +49,16 @@ def _submit(
     return session.submit(session.session_id, sealed)
 
 
-def test_a_microcode_update_is_recovered_by_k_officers(tmp_path: Path) -> None:
+def test_a_microcode_update_is_recovered_by_k_officers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[bytes] = []
+
+    def origin_checked(recovery_set: RecoverySet, **_: Any) -> None:
+        assert recovery_set.origin == b"stand-in quote"
+        checked.append(recovery_set.set_id)
+
+    monkeypatch.setattr(runtime_module, "check_origin", origin_checked)
     sim = SimPlatform.init(tmp_path / "sim")
     storage = SQLiteStorage(tmp_path / "kms.sqlite")
     plain = cbor2.dumps({"platform": "gramine"})
@@ -49,11 +66,9 @@ def test_a_microcode_update_is_recovered_by_k_officers(tmp_path: Path) -> None:
     officers = [generate_officer_key() for _ in range(3)]
     keys = [load_officer_key(private) for private, _ in officers]
     try:
-        before = _runtime(
-            GramineBackend(gramine_tree(tmp_path / "a", SimCpu(FUSE, CPU_SVN_OLD), identity())),
-            storage,
-            sim,
-        )
+        tree = gramine_tree(tmp_path / "a", SimCpu(FUSE, CPU_SVN_OLD), identity())
+        (tree / "quote").write_bytes(b"stand-in quote")
+        before = _runtime(GramineBackend(tree), storage, sim)
         before.initialize(plain)
         assert before.kms is not None
         assert before.custody is not None
@@ -73,6 +88,7 @@ def test_a_microcode_update_is_recovered_by_k_officers(tmp_path: Path) -> None:
         )
         claims = cbor2.loads(after.initialize(recover)["identity"])
         assert claims["recovery"] is True
+        assert checked == [bytes.fromhex(shares[0].set_id)]
         assert after.recovery is not None  # nothing served from the store yet
         assert after.store is None
         assert _submit(after, shares[2], keys[2])["needed"] == 1

@@ -17,6 +17,11 @@ Construction, stated once (tests/custody check each property):
   digests leave the SRK as hard to find as a 256-bit preimage);
 - commitment = HMAC-SHA256(SRK, label ‖ set id), and a MAC over the whole set under the SRK:
   a reconstructed key is used only if both match and it opens the existing store;
+- the enclave that splits quotes the set (report_data[0:32] = SHA-256(label ‖ set body)); an
+  enclave in recovery appraises that quote (same MRSIGNER and ISVPRODID as its own) before
+  it accepts any share, so a host cannot fabricate a set for a key of its own choosing and
+  feed the enclave its own shares (the MAC alone could not stop that: the host would know
+  the key it MACs with);
 - an officer re-seals its share to the recovering enclave's session key (HPKE again, `info` =
   label ‖ session id) only after appraising evidence whose report_data[0:32] is
   SHA-256(label ‖ session id ‖ session key), so the share is readable only inside that
@@ -53,6 +58,7 @@ _COMMITMENT = b"enclave-kms/recovery/commitment/v1"
 _SET_MAC = b"enclave-kms/recovery/set/v1"
 _SESSION_BINDING = b"enclave-kms/recovery/session/v1"
 _SUBMIT_INFO = b"enclave-kms/recovery/submit/v1"
+_SET_ORIGIN = b"enclave-kms/recovery/set-origin/v1"
 
 
 def b64(data: bytes) -> str:
@@ -107,6 +113,11 @@ def commitment(srk: bytes, set_id: bytes) -> bytes:
 
 def set_mac(srk: bytes, body: bytes) -> bytes:
     return hmac.new(srk, _SET_MAC + body, hashlib.sha256).digest()
+
+
+def set_origin_binding(body: bytes) -> bytes:
+    """What the splitting enclave's quote binds (report_data[0:32]): the set it made."""
+    return hashlib.sha256(_SET_ORIGIN + body).digest()
 
 
 def session_binding(session_id: bytes, session_key: bytes) -> bytes:

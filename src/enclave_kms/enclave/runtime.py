@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.types import ASGIApp
 
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
+from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
@@ -36,6 +37,7 @@ from enclave_kms.enclave.custody.recovery import (
     RecoveryEvent,
     RecoverySession,
     SwitchableApp,
+    check_origin,
     recovery_app,
 )
 from enclave_kms.enclave.custody.shares import Custody, SetStore
@@ -146,6 +148,16 @@ def open_backend(config: RuntimeConfig) -> TeeBackend:
 
         return GramineBackend()
     raise ConfigError(f"initialize: unknown platform {config.platform!r}")
+
+
+def _platform_root(cfg: RuntimeConfig) -> TrustRoot | None:
+    """The root a recovery set's origin quote must chain to: Intel's on hardware (None, the
+    default); in simulation the platform's own simulated root (simulation protects nothing)."""
+    if cfg.platform != "sim":
+        return None
+    from enclave_kms.platform.sim.platform import SimPlatform
+
+    return TrustRoot.from_pem(SimPlatform.open(cfg.platform_dir).root_pem())
 
 
 class EnclaveRuntime:
@@ -326,6 +338,12 @@ class EnclaveRuntime:
                 "this CPU cannot unseal the storage root key and the storage holds no "
                 "recovery set: the installation cannot be recovered here"
             )
+        check_origin(
+            found[1],
+            own=self.backend.identity,
+            trust_root=_platform_root(cfg),
+            collateral_for=self.host.collateral_for,
+        )
         return RecoverySession(
             found[1],
             quote_for=self.quote_for,
@@ -354,7 +372,7 @@ class EnclaveRuntime:
         self.store = store
         self.kms = KMSService(store)
         self.tokens = TokenService(store)
-        self.custody = Custody(self.host, srk)
+        self.custody = Custody(self.host, srk, self.quote_for)
 
     def _restore(self, srk: bytes, events: list[RecoveryEvent]) -> None:
         """k shares gave `srk` (commitment and MAC checked): open the store with it, seal it

@@ -33,6 +33,12 @@ from fastapi import FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from enclave_kms.attestation.appraise import appraise
+from enclave_kms.attestation.cache import VerificationCache
+from enclave_kms.attestation.collateral import load_collateral
+from enclave_kms.attestation.evidence import EvidenceForm
+from enclave_kms.attestation.policy import Policy
+from enclave_kms.attestation.types import TcbStatus, TrustRoot
 from enclave_kms.custody import wire
 from enclave_kms.enclave.api.errors import install_error_handlers
 from enclave_kms.enclave.api.routes_sys import NONCE_REGEX, attestation_out
@@ -46,6 +52,7 @@ from enclave_kms.errors import (
     RecoveryPendingError,
     RecoveryShareError,
 )
+from enclave_kms.platform.base import EnclaveIdentity
 
 log = logging.getLogger("enclave_kms.enclave.recovery")
 
@@ -193,6 +200,45 @@ class RecoverySession:
             self._event("recovery.restore", "", exc.code)
             raise
         self.restored = True
+
+
+def check_origin(
+    recovery_set: RecoverySet,
+    *,
+    own: EnclaveIdentity,
+    trust_root: TrustRoot | None,
+    collateral_for: Callable[[bytes], bytes],
+) -> None:
+    """Refuse a set no enclave of our signer and product made: its origin quote must verify
+    (any TCB status but Revoked: the CPU that made it may be outdated or gone) and bind the
+    set's body. Otherwise a host could fabricate a set for a key it chose and submit its own
+    shares, and a genuine enclave would adopt a key the host knows."""
+    quote = recovery_set.origin
+    try:
+        if not quote:
+            raise RecoveryError("it carries no origin quote")
+        policy = Policy(
+            mr_signer=own.mr_signer,
+            isv_prod_id=own.isv_prod_id,
+            allow_debug=own.attributes.debug,
+            accepted_tcb_statuses=tuple(s for s in TcbStatus if s is not TcbStatus.REVOKED),
+            simulated_root=None if trust_root is None else trust_root.spki_sha256,
+        )
+        appraise(
+            quote,
+            policy,
+            expected_report_data=wire.set_origin_binding(recovery_set.body()),
+            now=datetime.now(UTC),
+            collateral=load_collateral(collateral_for(quote)),
+            cache=VerificationCache.disabled(),
+            trust_root=trust_root,
+            form=EvidenceForm.RAW_QUOTE,
+        )
+    except EnclaveKMSError as exc:
+        raise RecoveryError(
+            "the stored recovery set was not made by an enclave of this signer and product "
+            f"({exc.message}); refusing to recover from it"
+        ) from None
 
 
 class SwitchableApp:

@@ -10,9 +10,10 @@ MAC). Formats and the construction: `enclave_kms.custody.wire`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,7 @@ class RecoverySet:
     commitment: bytes
     shares: tuple[SealedShare, ...]
     mac: bytes
+    origin: bytes = b""  # the splitting enclave's quote over `body()` (wire.set_origin_binding)
 
     def body(self) -> bytes:
         """The canonical bytes the MAC covers (everything but the MAC)."""
@@ -71,7 +73,7 @@ class RecoverySet:
         )
 
     def to_bytes(self) -> bytes:
-        return cbor2.dumps({"body": self.body(), "mac": self.mac})
+        return cbor2.dumps({"body": self.body(), "mac": self.mac, "origin": self.origin})
 
     @classmethod
     def parse(cls, blob: bytes) -> RecoverySet:
@@ -88,6 +90,7 @@ class RecoverySet:
                 commitment=bytes(doc["commitment"]),
                 shares=shares,
                 mac=bytes(outer["mac"]),
+                origin=bytes(outer.get("origin", b"")),
             )
         except Exception:  # noqa: BLE001 - any malformed set is one refusal
             raise RecoveryError("the stored recovery set does not parse") from None
@@ -226,13 +229,17 @@ def share_answer(
 class Custody:
     """What a running installation does with its SRK for recovery: split, status, shares."""
 
-    def __init__(self, host: Backend, srk: bytes) -> None:
+    def __init__(self, host: Backend, srk: bytes, quote_for: Callable[[bytes], bytes]) -> None:
         self._sets = SetStore(host)
         self._srk = srk
+        self._quote_for = quote_for
 
     def split(self, threshold: int, officers: Sequence[bytes]) -> dict[str, object]:
+        """A new set, quoted by this enclave so a recovering one can tell who made it."""
         keys = [wire.load_officer_public(pem) for pem in officers]
-        recovery_set = split(self._srk, threshold, keys)
+        made = split(self._srk, threshold, keys)
+        origin = self._quote_for(wire.set_origin_binding(made.body()) + bytes(32))
+        recovery_set = dataclasses.replace(made, origin=origin)
         self._sets.replace(recovery_set)
         return recovery_set.summary()
 
