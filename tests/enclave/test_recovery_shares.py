@@ -145,3 +145,30 @@ def test_session_refuses_wrong_duplicate_forged_and_replayed(
     outcomes = [(e.op, e.outcome) for e in session.events]
     assert ("recovery.submit", "recovery_share_duplicate") in outcomes
     assert ("recovery.submit", "recovery_share_invalid") in outcomes
+
+
+def test_recovery_app_serves_recovery_only_and_bounds_bodies(made: RecoverySet) -> None:
+    from fastapi.testclient import TestClient
+
+    from enclave_kms.enclave.custody.recovery import recovery_app
+
+    session = RecoverySession(
+        made,
+        quote_for=lambda data: data,
+        collateral_for=lambda quote: b"{}",
+        restore=lambda key, events: None,
+    )
+    with TestClient(recovery_app(session, None, {"mr_enclave": "00"})) as client:  # type: ignore[arg-type]
+        assert client.get("/v1/health").json()["status"] == "recovering"
+        pending = client.get("/v1/keys/orders")
+        assert pending.status_code == 503
+        assert pending.json()["error"]["code"] == "recovery_in_progress"
+        big = {"session_id": "00" * 16, "sealed": "A" * 100_000}
+        too_large = client.post("/v1/sys/recovery/submit", json=big)
+        assert too_large.status_code == 413
+        bad = client.post("/v1/sys/recovery/submit", json={"session_id": "00" * 16, "sealed": "!"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "recovery_share_invalid"
+        status = client.get("/v1/sys/recovery").json()
+        assert status["needed"] == 3
+        assert status["session_key"] == wire.b64(session.session_key)

@@ -383,6 +383,8 @@ class EnclaveRuntime:
             found = self.host.get("identity", "storage-root-key")
             blob = self.backend.seal(srk, KeyPolicy.MRSIGNER, _SRK_AAD)
             if not self.host.put("identity", "storage-root-key", found[0] if found else 0, blob):
+                self.store = self.kms = self.tokens = self.audit = self.state = None
+                self.custody = None  # still recovering: serve nothing from the store
                 raise ConflictError("the sealed storage root key changed during recovery")
             audit = self.audit
             assert audit is not None

@@ -31,7 +31,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import x25519
 from fastapi import FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave_kms.attestation.appraise import appraise
 from enclave_kms.attestation.cache import VerificationCache
@@ -40,7 +41,7 @@ from enclave_kms.attestation.evidence import EvidenceForm
 from enclave_kms.attestation.policy import Policy
 from enclave_kms.attestation.types import TcbStatus, TrustRoot
 from enclave_kms.custody import wire
-from enclave_kms.enclave.api.errors import install_error_handlers
+from enclave_kms.enclave.api.errors import error_response, install_error_handlers
 from enclave_kms.enclave.api.routes_sys import NONCE_REGEX, attestation_out
 from enclave_kms.enclave.api.support import AttestationProvider
 from enclave_kms.enclave.custody.shares import RecoverySet, combine, share_answer
@@ -57,6 +58,7 @@ from enclave_kms.platform.base import EnclaveIdentity
 log = logging.getLogger("enclave_kms.enclave.recovery")
 
 MAX_EVENTS = 256  # a flood of refused submissions must not grow the enclave's memory
+MAX_BODY = 64 * 1024  # a submission is a few hundred bytes
 SESSION_FORMULA = (
     "report_data[0:32] = SHA-256('enclave-kms/recovery/session/v1' || session_id || "
     "session_key), raw bytes"
@@ -200,6 +202,7 @@ class RecoverySession:
             self._event("recovery.restore", "", exc.code)
             raise
         self.restored = True
+        self._event("recovery.restore", "", "ok")
 
 
 def check_origin(
@@ -239,6 +242,35 @@ def check_origin(
             "the stored recovery set was not made by an enclave of this signer and product "
             f"({exc.message}); refusing to recover from it"
         ) from None
+
+
+class BodyLimit:
+    """The recovery app's request-size limit (the full API's is in its audit middleware):
+    a declared or streamed body above `limit` bytes is refused with 413."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise StarletteHTTPException(413)
+            return message
+
+        if not declared.isdigit() or int(declared) > self.limit:
+            response = error_response(scope, 413, "payload_too_large", "request body is too large")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, limited, send)
 
 
 class SwitchableApp:
@@ -294,4 +326,5 @@ def recovery_app(
             "restore the storage root key; until then only /v1/sys/recovery is served"
         )
 
+    app.add_middleware(BodyLimit)
     return app
