@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from enclave_kms.client.recovery import ShareFile, generate_officer_key, load_officer_key
 from enclave_kms.custody import wire
-from enclave_kms.enclave import runtime as runtime_module
+from enclave_kms.enclave.custody import recovery as recovery_module
 from enclave_kms.enclave.custody.shares import RecoverySet
 from enclave_kms.enclave.runtime import EnclaveRuntime
 from enclave_kms.host.storage.sqlite import SQLiteStorage
@@ -58,7 +58,7 @@ def test_a_microcode_update_is_recovered_by_k_officers(
         assert recovery_set.origin == b"stand-in quote"
         checked.append(recovery_set.set_id)
 
-    monkeypatch.setattr(runtime_module, "check_origin", origin_checked)
+    monkeypatch.setattr(recovery_module, "check_origin", origin_checked)
     sim = SimPlatform.init(tmp_path / "sim")
     storage = SQLiteStorage(tmp_path / "kms.sqlite")
     plain = cbor2.dumps({"platform": "gramine"})

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.types import ASGIApp
 
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
-from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
@@ -37,8 +36,8 @@ from enclave_kms.enclave.custody.recovery import (
     RecoveryEvent,
     RecoverySession,
     SwitchableApp,
-    check_origin,
     recovery_app,
+    start_session,
 )
 from enclave_kms.enclave.custody.shares import Custody, SetStore
 from enclave_kms.enclave.host_calls import Call, HostCalls
@@ -53,7 +52,6 @@ from enclave_kms.errors import (
     ConfigError,
     ConflictError,
     EnclaveKMSError,
-    RecoveryError,
     SealingError,
     StateRollbackError,
     UnsupportedFormatError,
@@ -148,16 +146,6 @@ def open_backend(config: RuntimeConfig) -> TeeBackend:
 
         return GramineBackend()
     raise ConfigError(f"initialize: unknown platform {config.platform!r}")
-
-
-def _platform_root(cfg: RuntimeConfig) -> TrustRoot | None:
-    """The root a recovery set's origin quote must chain to: Intel's on hardware (None, the
-    default); in simulation the platform's own simulated root (simulation protects nothing)."""
-    if cfg.platform != "sim":
-        return None
-    from enclave_kms.platform.sim.platform import SimPlatform
-
-    return TrustRoot.from_pem(SimPlatform.open(cfg.platform_dir).root_pem())
 
 
 class EnclaveRuntime:
@@ -330,24 +318,11 @@ class EnclaveRuntime:
         return None
 
     def _start_recovery(self, cfg: RuntimeConfig) -> RecoverySession:
-        if cfg.workers != 1:
-            raise ConfigError("recovery mode runs one worker (--workers 1)")
-        found = SetStore(self.host).load()
-        if found is None:
-            raise RecoveryError(
-                "this CPU cannot unseal the storage root key and the storage holds no "
-                "recovery set: the installation cannot be recovered here"
-            )
-        check_origin(
-            found[1],
+        return start_session(
+            self.host,
             own=self.backend.identity,
-            trust_root=_platform_root(cfg),
-            collateral_for=self.host.collateral_for,
-        )
-        return RecoverySession(
-            found[1],
+            platform=(cfg.platform, cfg.platform_dir, cfg.workers),
             quote_for=self.quote_for,
-            collateral_for=self.host.collateral_for,
             restore=self._restore,
         )
 

@@ -44,8 +44,10 @@ from enclave_kms.custody import wire
 from enclave_kms.enclave.api.errors import error_response, install_error_handlers
 from enclave_kms.enclave.api.routes_sys import NONCE_REGEX, attestation_out
 from enclave_kms.enclave.api.support import AttestationProvider
-from enclave_kms.enclave.custody.shares import RecoverySet, combine, share_answer
+from enclave_kms.enclave.custody.shares import RecoverySet, SetStore, combine, share_answer
+from enclave_kms.enclave.host_calls import HostCalls
 from enclave_kms.errors import (
+    ConfigError,
     ConflictError,
     EnclaveKMSError,
     RecoveryDuplicateError,
@@ -242,6 +244,46 @@ def check_origin(
             "the stored recovery set was not made by an enclave of this signer and product "
             f"({exc.message}); refusing to recover from it"
         ) from None
+
+
+def platform_root(platform: str, platform_dir: str) -> TrustRoot | None:
+    """The root a recovery set's origin quote must chain to: Intel's on hardware (None, the
+    default); in simulation the platform's own simulated root (simulation protects nothing)."""
+    if platform != "sim":
+        return None
+    from enclave_kms.platform.sim.platform import SimPlatform
+
+    return TrustRoot.from_pem(SimPlatform.open(platform_dir).root_pem())
+
+
+def start_session(
+    host: HostCalls,
+    *,
+    own: EnclaveIdentity,
+    platform: tuple[str, str, int],
+    quote_for: Callable[[bytes], bytes],
+    restore: Callable[[bytes, list[RecoveryEvent]], None],
+) -> RecoverySession:
+    """Recovery mode for an enclave that cannot unseal the SRK: the stored set, checked for
+    its origin, and a new session. `platform` is (name, directory, workers)."""
+    name, directory, workers = platform
+    if workers != 1:
+        raise ConfigError("recovery mode runs one worker (--workers 1)")
+    found = SetStore(host).load()
+    if found is None:
+        raise RecoveryError(
+            "this CPU cannot unseal the storage root key and the storage holds no "
+            "recovery set: the installation cannot be recovered here"
+        )
+    check_origin(
+        found[1],
+        own=own,
+        trust_root=platform_root(name, directory),
+        collateral_for=host.collateral_for,
+    )
+    return RecoverySession(
+        found[1], quote_for=quote_for, collateral_for=host.collateral_for, restore=restore
+    )
 
 
 class BodyLimit:
