@@ -361,6 +361,31 @@ class NotInitializedError(EnclaveKMSError):
     code = "not_initialized"
 
 
+class RecoveryError(KMSError):
+    """k-of-n recovery of the storage root key refused a step (docs/replicas.md, Recovery)."""
+
+    code = "recovery_failed"
+
+
+class RecoveryShareError(RecoveryError):
+    """A submitted or fetched share is not one of the recovery set's: wrong, corrupted,
+    sealed to another session (a replay), or from another set."""
+
+    code = "recovery_share_invalid"
+
+
+class RecoveryDuplicateError(RecoveryError):
+    """That officer's share was already accepted in this recovery session."""
+
+    code = "recovery_share_duplicate"
+
+
+class RecoveryPendingError(RecoveryError):
+    """The enclave is in recovery mode: nothing but recovery is served until k shares arrive."""
+
+    code = "recovery_in_progress"
+
+
 # --------------------------------------------------------------------------- boundary / channel
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
+from enclave_kms.enclave.custody.shares import Custody
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
@@ -154,7 +155,8 @@ def make_world(
     run on the event loop when their records are held, else on a worker thread."""
     storage = SQLiteStorage(tmp / "kms.sqlite")
     records = RecordCache() if cache else None
-    store = RecordStore(storage, RecordCipher(os.urandom(32)), cache=records)
+    srk = os.urandom(32)
+    store = RecordStore(storage, RecordCipher(srk), cache=records)
     clock = FakeClock()
     sink = AuditSink(storage)
     attestation = FakeAttestation()
@@ -165,6 +167,7 @@ def make_world(
         attestation=attestation,
         identity=IDENTITY,
         max_body_bytes=max_body_bytes,
+        custody=Custody(storage, srk, lambda report_data: b"quote over " + report_data),
     )
     client = TestClient(create_app(ctx))
     world = World(storage, clock, ctx, sink, attestation, client, cache=records, store=store)

@@ -28,6 +28,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("random", "crypto:random_app", "Random bytes from the enclave."),
     ("token", "tokens", "Issue, list and revoke bearer tokens."),
     ("audit", "audit", "Verify the audit log and show its head."),
+    ("recovery", "recovery", "k-of-n recovery of the storage root key by recovery officers."),
     ("config", "config", "Show where the client's settings come from."),
     ("proxy", "proxy", "Attest and pin a server; serve it locally to unmodified clients."),
 )

@@ -91,6 +91,12 @@ def serve(
         "transit",
         help="Path of the Vault/OpenBao transit face: /v1/<mount>/ (docs/compatibility.md).",
     ),
+    recovery: bool = typer.Option(
+        False,
+        "--recovery",
+        help="If this CPU cannot unseal the storage root key (every replica lost), serve only "
+        "k-of-n recovery until k officers submit their shares (docs/replicas.md).",
+    ),
 ) -> None:
     """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
     from enclave_kms.host.service import GramineRunning, ServeOptions, start, start_gramine
@@ -116,6 +122,7 @@ def serve(
         workers=workers,
         storage=storage,
         transit_mount=transit_mount,
+        recovery=recovery,
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)
@@ -123,6 +130,11 @@ def serve(
     console.print(f"[bold]enclave-kms[/bold] is serving on {running.url}")
     if running.others:
         console.print(f"  {1 + len(running.others)} enclave workers on one port")
+    if ident.get("recovery"):
+        console.print(
+            "  [yellow]RECOVERY MODE[/yellow]: serving only /v1/sys/recovery until k officers "
+            f"run `enclave-kms recovery submit --url {running.url} ...`"
+        )
     console.print(f"  MRENCLAVE   {ident['mr_enclave']}")
     console.print(f"  MRSIGNER    {ident['mr_signer']}")
     console.print(

@@ -47,22 +47,42 @@ def init_cmd(
         typer.Option("--save-config/--no-save-config", help="Record URL, policy and root."),
     ] = True,
     wait: WaitOpt = 0.0,
+    recovery_threshold: Annotated[
+        int | None,
+        typer.Option("--recovery-threshold", help="Also split the root key k-of-n (k)."),
+    ] = None,
+    recovery_officer: Annotated[
+        list[Path] | None,
+        typer.Option("--recovery-officer", help="A recovery officer's public key; repeat."),
+    ] = None,
 ) -> None:
     """Issue the first admin token over attested TLS and store it in a 0600 file."""
     settings = connection(ctx, url=url)
     target = settings.token_file
     if target.exists() and not force:
         raise UsageError(f"token file {target} exists; pass --force to replace it")
+    if (recovery_threshold is None) != (not recovery_officer):
+        raise UsageError("--recovery-threshold and --recovery-officer go together")
     wait = wait_for_trust_root(settings, wait)
     client = settings.client(with_token=False)
     try:
         connect_with_wait(client, wait)
         issued = client.init()
+        write_private(target, (issued.token + "\n").encode())
+        if recovery_threshold is not None and recovery_officer:
+            from enclave_kms.cli.recovery import split_with
+
+            split = split_with(client, recovery_threshold, recovery_officer)
     finally:
         client.close()
-    write_private(target, (issued.token + "\n").encode())
     out = stdout_console()
     out.print(f"admin token [bold]{issued.info.id}[/bold] stored in {target} (mode 0600)")
+    if recovery_threshold is not None:
+        out.print(
+            f"storage root key split {split['threshold']}-of-{split['shares']} "
+            f"(recovery set {split['set_id']}): each officer runs `enclave-kms recovery "
+            "fetch-share`"
+        )
     if save_config:
         values = {"url": client.url, "token_file": str(target.resolve())}
         if settings.policy is not None:

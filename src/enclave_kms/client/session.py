@@ -83,6 +83,15 @@ class Session:
         return self._endpoint.base
 
     @property
+    def attestation_settings(self) -> AttestationSettings:
+        """The policy, root and collateral this client trusts (recovery officers appraise a
+        recovering enclave's session evidence with them: client/recovery.py)."""
+        return self._settings
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    @property
     def server(self) -> AttestedServer | None:
         """The attested server (None before `connect`)."""
         return self._server

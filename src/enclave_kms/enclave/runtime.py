@@ -7,9 +7,11 @@
 `set_up_server` then serves HTTPS from this process for its whole life; requests never cross
 the EDL, only storage, quotes, collateral, audit and log OCALLs do.
 
-Lifecycle: what `initialize` opens exists only as one frozen `Initialized`, built at its end;
-every ECALL that needs it asks `EnclaveRuntime.ready()`, which raises NotInitializedError
-before then. Serving (`set_up_server`) adds the TLS identity, renewed in place.
+Lifecycle: `initialize` opens the platform and the TLS key (one frozen `Booted`), then the
+store under the storage root key (one frozen `Initialized`); every ECALL that needs them asks
+`booted()` / `ready()`, which raise NotInitializedError before then. In k-of-n recovery mode
+(custody/) only `Booted` exists until k officers' shares restore the key. Serving
+(`set_up_server`) adds the TLS identity, renewed in place.
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ import cbor2
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.types import ASGIApp
 
 from enclave_kms.attestation.collateral import load_collateral
 from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
+from enclave_kms.enclave.api.recovery_app import SwitchableApp, recovery_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls, ChannelSide
+from enclave_kms.enclave.custody.recovery import RecoveryEvent, RecoverySession, start_session
+from enclave_kms.enclave.custody.shares import Custody, SetStore
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
-from enclave_kms.enclave.state.audit import AuditLog
+from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
 from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
@@ -80,6 +86,7 @@ class RuntimeConfig:
     workers: int = 1
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
     cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
+    recovery: bool = False  # may enter k-of-n recovery if the SRK does not unseal (custody/)
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -99,6 +106,7 @@ class RuntimeConfig:
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
                 transit_mount=str(raw.get("transit_mount", "transit")),
+                recovery=raw.get("recovery") is True,
                 cert_lifetime=tls.bounded_lifetime(
                     float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
                 ),
@@ -146,6 +154,17 @@ def open_backend(config: RuntimeConfig) -> TeeBackend:
 
 
 @dataclass(frozen=True)
+class Booted:
+    """What `initialize` opens first, in every mode: the platform and the TLS key. In
+    k-of-n recovery mode (custody/) the enclave stays here, serving only recovery, until the
+    storage root key is restored."""
+
+    config: RuntimeConfig
+    backend: TeeBackend
+    tls_key: ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
 class Initialized:
     """Everything `initialize` opened: it exists only once the enclave is initialized, so
     no field is ever half set. The TLS identity is not here: it is issued when serving
@@ -160,6 +179,7 @@ class Initialized:
     kms: KMSService
     tokens: TokenService
     release: ReleaseService
+    custody: Custody
 
     def certificate_id(self) -> str:
         """The sealed record holding this build's RA-TLS certificate (shared by workers)."""
@@ -173,7 +193,10 @@ class EnclaveRuntime:
         self._call = call
         self.host = HostCalls(call)
         self._given_backend = backend  # tests and embedders pass one; else from the config
+        self._booted: Booted | None = None
         self._initialized: Initialized | None = None
+        self.recovery: RecoverySession | None = None  # k-of-n recovery mode (custody/)
+        self._app: SwitchableApp | None = None
         self._initialize_called = False
         self._server: uvicorn.Server | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -192,13 +215,20 @@ class EnclaveRuntime:
             raise NotInitializedError("enclave is not initialized")
         return state
 
+    def booted(self) -> Booted:
+        """Platform and TLS key (also in recovery mode); NotInitializedError before."""
+        booted = self._booted
+        if booted is None:
+            raise NotInitializedError("enclave is not initialized")
+        return booted
+
     def quote_for(self, report_data: bytes) -> bytes:
         """A quote over our report data. Simulation models Open Enclave's path (EREPORT to the
         QE, the host quotes it); Gramine quotes inside the library OS via /dev/attestation."""
-        ready = self.ready()
-        if ready.config.platform == "gramine":
-            return ready.backend.get_quote(report_data)
-        return self.host.quote_for(ready.backend, report_data)
+        booted = self.booted()
+        if booted.config.platform == "gramine":
+            return booted.backend.get_quote(report_data)
+        return self.host.quote_for(booted.backend, report_data)
 
     def _channel_side(self) -> ChannelSide:
         ready = self.ready()
@@ -299,9 +329,6 @@ class EnclaveRuntime:
             cfg = RuntimeConfig.parse(config)  # a config it cannot read may be sent again
             self._initialize_called = True
             backend = self._given_backend or open_backend(cfg)
-            srk = self._sealed_secret(
-                backend, "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
-            )
             ident = backend.identity
             tls_der = self._sealed_secret(
                 backend,
@@ -310,41 +337,107 @@ class EnclaveRuntime:
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
             )
-            tls_key = tls.key_from_der(tls_der)
-            store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
-            audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
-            worker = cfg.worker
-
-            def persist_head(seq: int, prev: bytes) -> None:
-                tracker.audit_advanced(worker, seq, prev)
-
-            audit = AuditLog(
-                audit_key,
-                self.host.audit_append,
-                head=tracker.audit_head(worker) or legacy_head,
-                persist_head=persist_head,
-                tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
-            )
-            kms = KMSService(store)
-            host = self.host
-            self._initialized = Initialized(
-                config=cfg,
-                backend=backend,
-                tls_key=tls_key,
-                store=store,
-                state=tracker,
-                audit=audit,
-                kms=kms,
-                tokens=TokenService(store),
-                release=ReleaseService(
-                    store, kms, lambda quote: load_collateral(host.collateral_for(quote))
-                ),
-            )
+            booted = self._booted = Booted(cfg, backend, tls.key_from_der(tls_der))
+            srk = self._storage_root_key(booted)
+            if srk is None:
+                log.warning("enclave in recovery mode: mr_enclave %s", ident.mr_enclave.hex())
+                return {"identity": cbor2.dumps({**self.identity_claims(), "recovery": True})}
+            self._initialized = self._open(booted, srk)
             log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
             return {"identity": cbor2.dumps(self.identity_claims())}
 
+    def _storage_root_key(self, booted: Booted) -> bytes | None:
+        """The unsealed SRK, or None after entering recovery mode (only if `cfg.recovery`
+        and this CPU cannot unseal it: a new machine of an installation whose every replica
+        is lost). Never a new SRK over an existing recovery set."""
+        cfg, backend = booted.config, booted.backend
+        sealed = self.host.get("identity", "storage-root-key")
+        if cfg.recovery and (sealed is None and SetStore(self.host).load() is not None):
+            self.recovery = self._start_recovery(booted)
+            return None
+        try:
+            return self._sealed_secret(
+                backend, "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
+            )
+        except SealingError as exc:
+            if not cfg.recovery:
+                raise type(exc)(
+                    f"{exc.message}; if every replica of this installation is lost, start "
+                    "this machine with `serve --recovery` and k recovery officers restore "
+                    "the key (docs/replicas.md, Recovery)"
+                ) from None
+        self.recovery = self._start_recovery(booted)
+        return None
+
+    def _start_recovery(self, booted: Booted) -> RecoverySession:
+        cfg = booted.config
+        return start_session(
+            self.host,
+            own=booted.backend.identity,
+            platform=(cfg.platform, cfg.platform_dir, cfg.workers),
+            quote_for=self.quote_for,
+            restore=self._restore,
+        )
+
+    def _open(self, booted: Booted, srk: bytes) -> Initialized:
+        """Open the store under `srk`: authenticated against the state head, or an error
+        (nothing is kept half set up)."""
+        cfg = booted.config
+        store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
+        audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
+        worker = cfg.worker
+
+        def persist_head(seq: int, prev: bytes) -> None:
+            tracker.audit_advanced(worker, seq, prev)
+
+        audit = AuditLog(
+            audit_key,
+            self.host.audit_append,
+            head=tracker.audit_head(worker) or legacy_head,
+            persist_head=persist_head,
+            tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
+        )
+        kms = KMSService(store)
+        host = self.host
+        return Initialized(
+            config=cfg,
+            backend=booted.backend,
+            tls_key=booted.tls_key,
+            store=store,
+            state=tracker,
+            audit=audit,
+            kms=kms,
+            tokens=TokenService(store),
+            release=ReleaseService(
+                store, kms, lambda quote: load_collateral(host.collateral_for(quote))
+            ),
+            custody=Custody(self.host, srk, self.quote_for),
+        )
+
+    def _restore(self, srk: bytes, events: list[RecoveryEvent]) -> None:
+        """k shares gave `srk` (commitment and MAC checked): open the store with it, seal it
+        to this CPU, audit every recovery step, then serve the full API."""
+        with self._state_lock:
+            booted, session = self.booted(), self.recovery
+            ready = self._open(booted, srk)
+            found = self.host.get("identity", "storage-root-key")
+            blob = booted.backend.seal(srk, KeyPolicy.MRSIGNER, _SRK_AAD)
+            if not self.host.put("identity", "storage-root-key", found[0] if found else 0, blob):
+                raise ConflictError("the sealed storage root key changed during recovery")
+            self._initialized = ready  # still recovering until here: nothing served from it
+            assert session is not None
+            target = session.set.set_id.hex()[:16]
+            for n, event in enumerate([*events, RecoveryEvent.now("recovery.restore", "", "ok")]):
+                actor = f"officer:{event.officer[:16]}" if event.officer else "anonymous"
+                ready.audit.record(
+                    AuditEvent(actor, event.op, f"{target}@{event.time}", event.outcome, f"r{n}")
+                )
+            if self._app is not None:
+                self._app.app = self._api()
+        log.warning("storage root key restored by k-of-n recovery and sealed to this CPU")
+
     def identity_claims(self) -> dict[str, Any]:
-        ready = self.ready()
+        ready = self.booted()
         ident = ready.backend.identity
         return {
             "mr_enclave": ident.mr_enclave.hex(),
@@ -369,31 +462,26 @@ class EnclaveRuntime:
 
     def set_up_server(self, port: int, keep_server_up: bool) -> dict[str, Any]:
         """Serve HTTPS from inside the enclave until `shutdown` (or one request if not kept up)."""
-        ready = self.ready()
-        cfg = ready.config
+        booted = self.booted()
+        cfg = booted.config
+        if self._initialized is None and self.recovery is None:
+            raise NotInitializedError("enclave is not initialized")
         with self._state_lock:
             if self._server is not None:
                 raise ConflictError("the server is already running")
-            self.identity = self._server_identity(ready)
-            app = create_app(
-                AppContext(
-                    kms=ready.kms,
-                    tokens=ready.tokens,
-                    audit=ready.audit,
-                    attestation=self,
-                    identity=self.identity_claims(),
-                    worker=cfg.worker,
-                    state_head=ready.state.header,
-                    release=ready.release,
-                ),
-                transit_mount=cfg.transit_mount,
-            )
+            self.identity = self._server_identity(booted)
+            app: ASGIApp
+            if self._initialized is None and self.recovery is not None:
+                app = recovery_app(self.recovery, self, self.identity_claims())
+            else:
+                app = self._api()
+            self._app = SwitchableApp(app)
             # Several workers share the port: the kernel spreads connections over them.
             sockets = [_shared_port_socket(cfg.listen_host, port)] if cfg.workers > 1 else None
             self._tls_context = tls.ssl_context(self.identity)
             context = self._tls_context
             server_config = uvicorn.Config(
-                app,
+                self._app,
                 host=cfg.listen_host,
                 port=port,
                 ssl_context_factory=lambda _cfg, _default: context,
@@ -417,11 +505,27 @@ class EnclaveRuntime:
             self.server_done.set()
         return {}
 
+    def _api(self) -> ASGIApp:
+        ready = self.ready()
+        cfg = ready.config
+        context = AppContext(
+            kms=ready.kms,
+            tokens=ready.tokens,
+            audit=ready.audit,
+            attestation=self,
+            identity=self.identity_claims(),
+            worker=cfg.worker,
+            state_head=ready.state.header,
+            release=ready.release,
+            custody=ready.custody,
+        )
+        return create_app(context, transit_mount=cfg.transit_mount)
+
     def _renew_loop(self) -> None:
         """Issue a fresh certificate (new evidence, same key) before the current one expires,
         without a restart: new connections get it; pinned clients keep their pin (the key is
         the same) and fresh evidence passes the same policy or they refuse it."""
-        ready = self.ready()
+        booted = self.booted()
         while not self.stopped.is_set():
             identity = self.identity
             if identity is None or self._tls_context is None:
@@ -437,8 +541,8 @@ class EnclaveRuntime:
                     identity.key,
                     self.quote_for,
                     datetime.now(UTC),
-                    dns_names=ready.config.dns_names,
-                    lifetime=ready.config.cert_lifetime,
+                    dns_names=booted.config.dns_names,
+                    lifetime=booted.config.cert_lifetime,
                 )
                 tls.load_identity(self._tls_context, renewed)
             except EnclaveKMSError as exc:
@@ -446,14 +550,15 @@ class EnclaveRuntime:
                 self.stopped.wait(60)
                 continue
             self.identity = renewed
-            self._share_certificate(ready, renewed)
+            self._share_certificate(renewed)
             log.info(
                 "server certificate renewed; valid until %s",
                 renewed.certificate.not_valid_after_utc,
             )
 
-    def _share_certificate(self, ready: Initialized, identity: tls.TlsIdentity) -> None:
-        if ready.config.worker != 0:
+    def _share_certificate(self, identity: tls.TlsIdentity) -> None:
+        ready = self._initialized  # None in recovery mode: nothing to share with yet
+        if ready is None or ready.config.worker != 0:
             return
         cert_id = ready.certificate_id()
         value = {"certificate": identity.certificate_pem, "quote": identity.quote}
@@ -463,13 +568,13 @@ class EnclaveRuntime:
         except EnclaveKMSError as exc:
             log.warning("renewed certificate not shared with other workers: %s", exc.message)
 
-    def _server_identity(self, ready: Initialized) -> tls.TlsIdentity:
+    def _server_identity(self, booted: Booted) -> tls.TlsIdentity:
         """Worker 0 issues the RA-TLS certificate and keeps it in the sealed store; the other
         workers serve that same certificate (same build, hence the same sealed TLS key), so a
         client that pinned it sees one server whichever worker its connection reaches."""
-        key, store, cfg = ready.tls_key, ready.store, ready.config
-        cert_id = ready.certificate_id()
-        found = store.get("config", cert_id)
+        key, cfg, ready = booted.tls_key, booted.config, self._initialized
+        cert_id = f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}"
+        found = None if ready is None else ready.store.get("config", cert_id)  # None: recovery
         if cfg.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])
             if shared is not None:
@@ -482,9 +587,9 @@ class EnclaveRuntime:
             dns_names=cfg.dns_names,
             lifetime=cfg.cert_lifetime,
         )
-        if cfg.worker == 0:
+        if cfg.worker == 0 and ready is not None:
             value = {"certificate": identity.certificate_pem, "quote": identity.quote}
-            store.put("config", cert_id, 0 if found is None else found.version, value)
+            ready.store.put("config", cert_id, 0 if found is None else found.version, value)
         return identity
 
     def records_changed(self, kind: str, id: str) -> dict[str, Any]:
@@ -495,7 +600,7 @@ class EnclaveRuntime:
 
     def _pem_key(self) -> bytes:
         pem = (
-            self.ready()
+            self.booted()
             .tls_key.public_key()
             .public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -67,6 +67,7 @@ class ServeOptions:
     storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
     transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
     cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
+    recovery: bool = False  # k-of-n recovery if this CPU cannot unseal the storage root key
 
 
 class DataDirLock:
@@ -245,6 +246,7 @@ def launch_enclave(
     relay: ChangeRelay | None = None,
     transit_mount: str = "transit",
     cert_lifetime_seconds: float | None = None,
+    recovery: bool = False,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
@@ -270,6 +272,7 @@ def launch_enclave(
         "worker": worker,
         "workers": workers,
         "transit_mount": transit_mount,
+        "recovery": recovery,
     }
     if cert_lifetime_seconds is not None:
         config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
@@ -360,6 +363,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
             "worker": worker,
             "workers": options.workers,
             "transit_mount": options.transit_mount,
+            "recovery": options.recovery,
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -464,6 +468,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             relay=relay,
             transit_mount=options.transit_mount,
             cert_lifetime_seconds=options.cert_lifetime_seconds,
+            recovery=options.recovery,
         )
 
     return _serve_workers(

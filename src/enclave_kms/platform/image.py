@@ -68,6 +68,7 @@ ENCLAVE_DISTRIBUTIONS: tuple[str, ...] = (
     "uvicorn",
     "uvloop",
     "httptools",
+    "shamir-mnemonic",  # k-of-n recovery of the storage root key (enclave/custody)
 )
 #: Standard-library directories an enclave never needs (tests, GUIs, installers, 2to3).
 STDLIB_EXCLUDED = frozenset(

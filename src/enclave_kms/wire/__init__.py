@@ -46,6 +46,10 @@ from enclave_kms.errors import (
     NotFoundError,
     PermissionDeniedError,
     PlatformError,
+    RecoveryDuplicateError,
+    RecoveryError,
+    RecoveryPendingError,
+    RecoveryShareError,
     ReleasePolicyNotMetError,
     ServerError,
     StateRollbackError,
@@ -122,6 +126,10 @@ ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
     ErrorCode("release_policy_not_met", 403, ReleasePolicyNotMetError, (ReleasePolicyNotMetError,)),
     ErrorCode("no_release_policy", 403, NoReleasePolicyError, (NoReleasePolicyError,)),
     ErrorCode("release_policy_immutable", 409, ImmutablePolicyError, (ImmutablePolicyError,)),
+    ErrorCode("recovery_share_invalid", 400, RecoveryShareError, (RecoveryShareError,)),
+    ErrorCode("recovery_share_duplicate", 409, RecoveryDuplicateError, (RecoveryDuplicateError,)),
+    ErrorCode("recovery_in_progress", 503, RecoveryPendingError, (RecoveryPendingError,)),
+    ErrorCode("recovery_failed", 409, RecoveryError, (RecoveryError,)),
     ErrorCode("state_rollback", 502, StateRollbackError, (StateRollbackError,)),
     ErrorCode("integrity_violation", 502, IntegrityError, (IntegrityError,)),
     ErrorCode("boundary_violation", 502, BoundaryError, (BoundaryError,)),
@@ -246,6 +254,46 @@ class ReleaseOut:
         repr=False
     )
     ciphertext: Annotated[str | None, Doc("datakey: the data key under the KMS key")] = None
+
+
+@dataclass(frozen=True)
+class RecoverySetInfo:
+    """`POST /v1/sys/recovery/split`: the new k-of-n set (docs/replicas.md, Recovery)."""
+
+    set_id: str
+    threshold: int
+    shares: int
+    officers: tuple[str, ...]
+    created: str
+
+
+@dataclass(frozen=True)
+class RecoveryStatus:
+    """`GET /v1/sys/recovery`: `state` "ready" (then the set's fields) or
+    "not-configured"."""
+
+    state: str
+    set_id: str | None = None
+    threshold: int | None = None
+    shares: int | None = None
+    officers: tuple[str, ...] = ()
+    created: str | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryShare:
+    """One officer's sealed share as served and as the officer's share file keeps it."""
+
+    format: str
+    set_id: str
+    index: int
+    threshold: int
+    shares: int
+    commitment: str
+    digest: str
+    officer: str
+    sealed: Annotated[str, Doc("HPKE ciphertext to the officer's key, base64")]
+    verified_by_enclave: bool
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from enclave_kms.enclave.api import (
     docs_page,
     routes_crypto,
     routes_keys,
+    routes_recovery,
     routes_release,
     routes_sys,
 )
@@ -255,7 +256,7 @@ def create_app(
     app.state.enclave_kms = ctx
     install_error_handlers(app)
     # Routes are matched in order: the cryptographic operations, most of the traffic, first.
-    for module in (routes_crypto, routes_keys, routes_release, routes_sys):
+    for module in (routes_crypto, routes_keys, routes_release, routes_sys, routes_recovery):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
     if hot_path:  # added first, so it runs inside AuditMiddleware (the last added is outermost)

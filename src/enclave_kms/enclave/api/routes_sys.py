@@ -20,7 +20,14 @@ from enclave_kms.enclave.api.models import (
     AttestationOut,
     TokenCreateIn,
 )
-from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
+from enclave_kms.enclave.api.support import (
+    AttestationBundle,
+    Caller,
+    add_route,
+    app_context,
+    caller,
+    new_router,
+)
 from enclave_kms.enclave.state.tokens import IssuedToken, TokenInfo
 from enclave_kms.errors import AttestationError, CollateralError
 from enclave_kms.wire import (
@@ -97,7 +104,11 @@ def attestation(
     nonce: Annotated[str, Query(pattern=NONCE_REGEX, description="16-64 bytes, hex")],
 ) -> AttestationOut:
     """Fresh evidence bound to the TLS key and the caller's nonce, with its collateral."""
-    bundle = app_context(request).attestation.attest(bytes.fromhex(nonce))
+    return attestation_out(app_context(request).attestation.attest(bytes.fromhex(nonce)), nonce)
+
+
+def attestation_out(bundle: AttestationBundle, nonce: str) -> AttestationOut:
+    """The `GET /v1/attestation` answer (also served by an enclave in recovery mode)."""
     try:
         collateral = json.loads(bundle.collateral)
     except (ValueError, UnicodeDecodeError):

@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enclave_kms.enclave.custody.shares import Custody
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
@@ -69,6 +70,7 @@ class AppContext:
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
     release: ReleaseService | None = None  # key release to attested workloads (DESIGN §15)
+    custody: Custody | None = None  # k-of-n recovery of the storage root key (routes_recovery)
 
 
 def app_context(request: Request) -> AppContext:

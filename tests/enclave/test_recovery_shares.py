@@ -1,0 +1,174 @@
+"""The k-of-n construction on real bytes (enclave/custody, custody/wire, client/recovery):
+any k shares restore the SRK, k-1 do not, and every part the host can touch is bound."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from enclave_kms.client.recovery import (
+    ShareFile,
+    generate_officer_key,
+    load_officer_key,
+)
+from enclave_kms.enclave.custody.recovery import RecoverySession
+from enclave_kms.enclave.custody.shares import (
+    RecoverySet,
+    combine,
+    share_answer,
+    split,
+)
+from enclave_kms.errors import (
+    InvalidRequestError,
+    RecoveryDuplicateError,
+    RecoveryError,
+    RecoveryShareError,
+)
+from enclave_kms.wire import custody as wire
+
+
+@pytest.fixture(scope="module")
+def officers() -> list[x25519.X25519PrivateKey]:
+    return [load_officer_key(generate_officer_key()[0]) for _ in range(4)]
+
+
+@pytest.fixture(scope="module")
+def srk() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture(scope="module")
+def made(srk: bytes, officers: list[x25519.X25519PrivateKey]) -> RecoverySet:
+    return split(srk, 3, [k.public_key() for k in officers])
+
+
+def files(made: RecoverySet) -> list[ShareFile]:
+    return [ShareFile.parse(share_answer(made, s, verified=True)) for s in made.shares]
+
+
+def test_any_k_restore_and_k_minus_1_do_not(
+    made: RecoverySet, srk: bytes, officers: list[x25519.X25519PrivateKey]
+) -> None:
+    opened = [f.open(k) for f, k in zip(files(made), officers, strict=True)]
+    assert all(srk not in s and srk.hex().encode() not in s for s in opened)
+    for subset in itertools.combinations(opened, 3):
+        assert combine(subset) == srk
+    assert made.matches(srk)
+    for pair in itertools.combinations(opened, 2):
+        with pytest.raises(RecoveryError):
+            combine(pair)
+    assert not made.matches(os.urandom(32))
+
+
+def test_the_stored_set_round_trips_and_binds_everything(made: RecoverySet, srk: bytes) -> None:
+    again = RecoverySet.parse(made.to_bytes())
+    assert again == made
+    assert again.matches(srk)
+    moved = dataclasses.replace(made, threshold=2)
+    assert not moved.matches(srk)  # the MAC covers k
+    with pytest.raises(RecoveryError):
+        RecoverySet.parse(made.to_bytes()[:-3])
+
+
+def test_a_share_opens_only_for_its_officer_index_and_set(
+    made: RecoverySet, officers: list[x25519.X25519PrivateKey]
+) -> None:
+    first, second = files(made)[:2]
+    with pytest.raises(RecoveryShareError, match="another officer"):
+        first.open(officers[1])
+    swapped = dataclasses.replace(first, sealed=second.sealed)  # the host swaps ciphertexts
+    with pytest.raises(RecoveryShareError, match="does not open"):
+        swapped.open(officers[0])
+    moved = dataclasses.replace(first, index=2, digest=second.digest)
+    with pytest.raises(RecoveryShareError):
+        moved.open(officers[0])
+    flipped = bytearray(wire.unb64(first.sealed))
+    flipped[40] ^= 1
+    with pytest.raises(RecoveryShareError):
+        dataclasses.replace(first, sealed=wire.b64(bytes(flipped))).open(officers[0])
+
+
+def test_split_refuses_bad_parameters(srk: bytes, officers: list[x25519.X25519PrivateKey]) -> None:
+    keys = [k.public_key() for k in officers]
+    for threshold, named in ((1, keys[:3]), (4, keys[:3]), (2, [keys[0], keys[0]])):
+        with pytest.raises(InvalidRequestError):
+            split(srk, threshold, named)
+
+
+def _seal(session: RecoverySession, set_id: bytes, index: int, share: bytes) -> bytes:
+    return wire.SUITE.encrypt(
+        wire.encode_submission(set_id, index, share),
+        x25519.X25519PublicKey.from_public_bytes(session.session_key),
+        info=wire.submit_info(session.session_id),
+    )
+
+
+def test_session_refuses_wrong_duplicate_forged_and_replayed(
+    made: RecoverySet, srk: bytes, officers: list[x25519.X25519PrivateKey]
+) -> None:
+    restored: list[bytes] = []
+    opened = [f.open(k) for f, k in zip(files(made), officers, strict=True)]
+
+    def new_session() -> RecoverySession:
+        return RecoverySession(
+            made,
+            quote_for=lambda data: data,
+            collateral_for=lambda quote: b"{}",
+            restore=lambda key, events: restored.append(key),
+        )
+
+    session = new_session()
+    first = _seal(session, made.set_id, 1, opened[0])
+    assert session.submit(session.session_id, first)["needed"] == 2
+    with pytest.raises(RecoveryDuplicateError):
+        session.submit(session.session_id, first)  # replayed within the session
+    with pytest.raises(RecoveryShareError, match="does not match"):
+        session.submit(session.session_id, _seal(session, made.set_id, 2, opened[2]))
+    with pytest.raises(RecoveryShareError, match="another recovery set"):
+        session.submit(session.session_id, _seal(session, os.urandom(16), 2, opened[1]))
+    other = new_session()
+    with pytest.raises(RecoveryShareError, match="another recovery session"):
+        other.submit(session.session_id, first)  # replayed to a later session
+    with pytest.raises(RecoveryShareError, match="not sealed"):
+        other.submit(other.session_id, first)
+    assert (
+        session.submit(session.session_id, _seal(session, made.set_id, 2, opened[1]))["needed"] == 1
+    )
+    assert not restored  # k-1 shares restore nothing
+    done = session.submit(session.session_id, _seal(session, made.set_id, 4, opened[3]))
+    assert done["state"] == "restored"
+    assert restored == [srk]
+    outcomes = [(e.op, e.outcome) for e in session.events]
+    assert ("recovery.submit", "recovery_share_duplicate") in outcomes
+    assert ("recovery.submit", "recovery_share_invalid") in outcomes
+
+
+def test_recovery_app_serves_recovery_only_and_bounds_bodies(made: RecoverySet) -> None:
+    from fastapi.testclient import TestClient
+
+    from enclave_kms.enclave.api.recovery_app import recovery_app
+
+    session = RecoverySession(
+        made,
+        quote_for=lambda data: data,
+        collateral_for=lambda quote: b"{}",
+        restore=lambda key, events: None,
+    )
+    with TestClient(recovery_app(session, None, {"mr_enclave": "00"})) as client:  # type: ignore[arg-type]
+        assert client.get("/v1/health").json()["status"] == "recovering"
+        pending = client.get("/v1/keys/orders")
+        assert pending.status_code == 503
+        assert pending.json()["error"]["code"] == "recovery_in_progress"
+        big = {"session_id": "00" * 16, "sealed": "A" * 100_000}
+        too_large = client.post("/v1/sys/recovery/submit", json=big)
+        assert too_large.status_code == 413
+        bad = client.post("/v1/sys/recovery/submit", json={"session_id": "00" * 16, "sealed": "!"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "recovery_share_invalid"
+        status = client.get("/v1/sys/recovery").json()
+        assert status["needed"] == 3
+        assert status["session_key"] == wire.b64(session.session_key)
