@@ -28,6 +28,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("token", "tokens", "Issue, list and revoke bearer tokens."),
     ("audit", "audit", "Verify the audit log and show its head."),
     ("config", "config", "Show where the client's settings come from."),
+    ("replicas", "replicas", "Replica policy and joining an installation (attested)."),
     ("proxy", "proxy", "Attest and pin a server; serve it locally to unmodified clients."),
 )
 

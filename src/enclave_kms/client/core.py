@@ -45,6 +45,7 @@ from enclave_kms.client.types import (
     KeyInfo,
     KeyPage,
     KeyVersion,
+    ReplicaPolicy,
     RsaKeyPair,
     TokenInfo,
     TokenPage,
@@ -278,6 +279,33 @@ def audit_head() -> Call[AuditHead]:
         )
 
     return Call("GET", "/v1/audit", parse, idempotent=True)
+
+
+def _replica_policy(doc: Any) -> ReplicaPolicy:
+    return ReplicaPolicy(
+        mr_signer=_str(doc, "mr_signer"),
+        isv_prod_id=_int(doc, "isv_prod_id"),
+        min_isv_svn=_int(doc, "min_isv_svn"),
+        mr_enclave=_strs(doc, "mr_enclave"),
+        accepted_tcb_statuses=_strs(doc, "accepted_tcb_statuses"),
+    )
+
+
+def read_replica_policy() -> Call[ReplicaPolicy]:
+    return Call("GET", "/v1/sys/replica-policy", _replica_policy, idempotent=True)
+
+
+def write_replica_policy(policy: ReplicaPolicy) -> Call[ReplicaPolicy]:
+    if not isinstance(policy, ReplicaPolicy):
+        raise UsageError("write_replica_policy needs a ReplicaPolicy")
+    body = {
+        "mr_signer": policy.mr_signer,
+        "isv_prod_id": policy.isv_prod_id,
+        "min_isv_svn": policy.min_isv_svn,
+        "mr_enclave": list(policy.mr_enclave),
+        "accepted_tcb_statuses": list(policy.accepted_tcb_statuses),
+    }
+    return Call("PUT", "/v1/sys/replica-policy", _replica_policy, body=body, idempotent=True)
 
 
 # --------------------------------------------------------------------------- keys

@@ -161,6 +161,18 @@ class AuditHead:
 
 
 @dataclass(frozen=True)
+class ReplicaPolicy:
+    """Which enclave builds may join the installation and hold its storage root key
+    (`mr_enclave` empty: any build of the signer and product at or above `min_isv_svn`)."""
+
+    mr_signer: str
+    isv_prod_id: int
+    min_isv_svn: int
+    mr_enclave: tuple[str, ...]
+    accepted_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+
+
+@dataclass(frozen=True)
 class Health:
     status: str
     initialized: bool

@@ -1,7 +1,8 @@
 """The trusted process: ECALL handlers, key bootstrap and the HTTPS server (DESIGN §3, §4, §9).
 
 `initialize` unseals (or creates) the enclave's long-lived secrets through the storage OCALLs:
-  identity/storage-root-key   256-bit, sealed under MRSIGNER (upgrades keep access)
+  identity/storage-root-key   256-bit, sealed under MRSIGNER (upgrades keep access); a replica
+                              that joined keeps its own copy (enclave/custody/joiner.py)
   identity/tls-key-<mrenclave> P-256 TLS key, sealed under MRENCLAVE (a new build, a new key)
   config/audit-key, config/audit-head   sealed records under the storage root key
 `set_up_server` then serves HTTPS from this process for its whole life; requests never cross
@@ -31,6 +32,8 @@ from enclave_kms.attestation.ratls import OE_FORMAT_UUID_SGX_ECDSA
 from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
+from enclave_kms.enclave.custody.joiner import SRK_AAD, ReplicaSettings
+from enclave_kms.enclave.custody.service import Custody
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
@@ -55,7 +58,6 @@ from enclave_kms.sgx.quote import parse_quote
 log = logging.getLogger("enclave_kms.enclave")
 
 PEM_KEY_SIZE = 512  # the tutorial zero-pads the PEM public key to 512 bytes
-_SRK_AAD = b"enclave-kms/storage-root-key/v1"
 _TLS_AAD = b"enclave-kms/tls-key/v1"
 
 
@@ -72,6 +74,7 @@ class RuntimeConfig:
     workers: int = 1
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
     cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)  # custody/joiner.py
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -94,6 +97,7 @@ class RuntimeConfig:
                 cert_lifetime=tls.bounded_lifetime(
                     float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
                 ),
+                replica=ReplicaSettings.parse(dict(raw.get("replica") or {})),
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
@@ -158,6 +162,7 @@ class EnclaveRuntime:
         self.tls_key: ec.EllipticCurvePrivateKey | None = None
         self.identity: tls.TlsIdentity | None = None
         self.channel = ChannelEcalls(self)
+        self.custody = Custody(self.host)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -172,6 +177,13 @@ class EnclaveRuntime:
         if self._config is None:
             raise EnclaveKMSError("enclave is not initialized")
         return self._config
+
+    @property
+    def _here(self) -> str:
+        """Suffix of per-CPU records (the TLS key, sealed under MRENCLAVE, and its shared
+        certificate): replicas of one build on several CPUs each keep their own."""
+        platform_id = self.config.replica.platform_id
+        return "" if platform_id == "local" else f"@{platform_id}"
 
     def quote_for(self, report_data: bytes) -> bytes:
         """A quote over our report data. Simulation models Open Enclave's path (EREPORT to the
@@ -265,12 +277,20 @@ class EnclaveRuntime:
             if self._backend is None:
                 self._backend = open_backend(cfg)
             self._config = cfg
-            srk = self._sealed_secret(
-                "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
+            found = self.custody.storage_root_key(
+                self.backend,
+                cfg.replica,
+                platform=cfg.platform,
+                platform_dir=cfg.platform_dir,
+                quote_for=self.quote_for,
+                create=lambda: self._sealed_secret(
+                    "storage-root-key", KeyPolicy.MRSIGNER, SRK_AAD, lambda: os.urandom(32)
+                ),
             )
+            srk = found.srk
             ident = self.backend.identity
             tls_der = self._sealed_secret(
-                f"tls-key-{ident.mr_enclave.hex()[:32]}",
+                f"tls-key-{ident.mr_enclave.hex()[:32]}{self._here}",
                 KeyPolicy.MRENCLAVE,
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
@@ -278,6 +298,9 @@ class EnclaveRuntime:
             self.tls_key = tls.key_from_der(tls_der)
             store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
             audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
+            self.custody.open(found, store, self.backend, cfg.replica, self.quote_for)
+            if cfg.replica.join_only:  # `enclave-kms replicas join`: sealed here, now stop
+                return {"identity": cbor2.dumps(self.identity_claims()), "joined": True}
             self.state = tracker
             worker = cfg.worker
 
@@ -291,6 +314,7 @@ class EnclaveRuntime:
                 persist_head=persist_head,
                 tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
             )
+            self.custody.audit_join(self.audit)
             self.store = store
             self.kms = KMSService(store)
             self.tokens = TokenService(store)
@@ -338,6 +362,7 @@ class EnclaveRuntime:
                     identity=self.identity_claims(),
                     worker=self.config.worker,
                     state_head=None if self.state is None else self.state.header,
+                    replicas=self.custody,
                 ),
                 transit_mount=self.config.transit_mount,
             )
@@ -412,7 +437,7 @@ class EnclaveRuntime:
         store = self.store
         if store is None or self.config.worker != 0:
             return
-        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{self._here}"
         value = {"certificate": identity.certificate_pem, "quote": identity.quote}
         try:
             found = store.get("config", cert_id)
@@ -427,7 +452,7 @@ class EnclaveRuntime:
         store = self.store
         if store is None:
             raise EnclaveKMSError("enclave is not initialized")
-        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{self._here}"
         found = store.get("config", cert_id)
         if self.config.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])

@@ -62,6 +62,7 @@ class ServeOptions:
     storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
     transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
     cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
+    join_url: str | None = None  # a running replica to get the storage root key from
 
 
 class DataDirLock:
@@ -235,6 +236,8 @@ def launch_enclave(
     relay: ChangeRelay | None = None,
     transit_mount: str = "transit",
     cert_lifetime_seconds: float | None = None,
+    join_url: str | None = None,
+    join_only: bool = False,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
@@ -244,6 +247,7 @@ def launch_enclave(
         SimQuoting(platform),
         chain=worker,
         on_change=None if relay is None else relay.on_change_for(worker),
+        join_url=join_url,
     )
     enclave = EnclaveProcess(
         enclave_argv(image, pycache_prefix=pycache),
@@ -260,6 +264,9 @@ def launch_enclave(
         "worker": worker,
         "workers": workers,
         "transit_mount": transit_mount,
+        "replica": replica_settings(
+            platform.config.platform_instance_id.hex()[:16], join_url, join_only
+        ),
     }
     if cert_lifetime_seconds is not None:
         config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
@@ -269,6 +276,59 @@ def launch_enclave(
         enclave.stop()
         raise
     return enclave, cbor2.loads(reply["identity"])
+
+
+def replica_settings(platform_id: str, join_url: str | None, join_only: bool) -> dict[str, Any]:
+    """The enclave's replica settings: which per-CPU sealed copy is its own (a name, not a
+    trust anchor: the name is in the sealed blob's AAD) and whether it may join a peer."""
+    return {"platform_id": platform_id, "join": join_url is not None, "join_only": join_only}
+
+
+def gramine_platform_id() -> str:
+    """Hardware: this machine's name for its per-CPU records (from /etc/machine-id)."""
+    import hashlib
+
+    try:
+        machine = Path("/etc/machine-id").read_bytes().strip()
+    except OSError:
+        machine = socket.gethostname().encode()
+    return hashlib.sha256(b"enclave-kms platform id " + machine).hexdigest()[:16]
+
+
+def join_once(options: ServeOptions) -> dict[str, Any]:
+    """`enclave-kms replicas join`: get the storage root key from `options.join_url`, seal
+    it to this CPU, and stop (no server: the database stays another server's until replicas
+    share it). Returns the enclave's identity claims."""
+    if options.join_url is None:
+        raise UsageError("--peer URL: the running replica to join")
+    data_dir = _private_dir(options.data_dir)
+    lock = DataDirLock(data_dir)
+    try:
+        platform = ensure_platform(options.platform_dir or data_dir / "platform")
+        image = (
+            load_image(options.image)
+            if options.image
+            else ensure_image(data_dir / "image", data_dir / "signer.pem")
+        )
+        spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
+        storage = open_storage(spec, exclusive=False)
+        try:
+            enclave, claims = launch_enclave(
+                image,
+                platform,
+                storage,
+                data_dir,
+                observer=options.observer,
+                stderr_sink=options.stderr_sink,
+                join_url=options.join_url,
+                join_only=True,
+            )
+            enclave.stop()
+        finally:
+            storage.close()
+    finally:
+        lock.release()
+    return claims
 
 
 def _publish(
@@ -334,7 +394,13 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
     quoting = PccsQuoting(source)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
-        ocalls = HostOcalls(storage, quoting, chain=worker, on_change=relay.on_change_for(worker))
+        ocalls = HostOcalls(
+            storage,
+            quoting,
+            chain=worker,
+            on_change=relay.on_change_for(worker),
+            join_url=options.join_url,
+        )
         enclave = EnclaveProcess(
             ["gramine-sgx", "enclave-kms"],
             ocalls.handlers(),
@@ -350,6 +416,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
             "worker": worker,
             "workers": options.workers,
             "transit_mount": options.transit_mount,
+            "replica": replica_settings(gramine_platform_id(), options.join_url, False),
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -454,6 +521,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             relay=relay,
             transit_mount=options.transit_mount,
             cert_lifetime_seconds=options.cert_lifetime_seconds,
+            join_url=options.join_url,
         )
 
     return _serve_workers(

@@ -35,7 +35,13 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enclave_kms.enclave.api import docs_page, routes_crypto, routes_keys, routes_sys
+from enclave_kms.enclave.api import (
+    docs_page,
+    routes_crypto,
+    routes_keys,
+    routes_replicas,
+    routes_sys,
+)
 from enclave_kms.enclave.api.errors import (
     ERROR_RESPONSES,
     INTERNAL_MESSAGE,
@@ -243,7 +249,7 @@ def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAP
     app.state.enclave_kms = ctx
     install_error_handlers(app)
     # Routes are matched in order: the cryptographic operations, most of the traffic, first.
-    for module in (routes_crypto, routes_keys, routes_sys):
+    for module in (routes_crypto, routes_keys, routes_sys, routes_replicas):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
     app.add_middleware(

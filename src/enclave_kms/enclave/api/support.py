@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enclave_kms.enclave.custody.service import Custody
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import WouldBlock, memory_only
@@ -67,6 +68,7 @@ class AppContext:
     max_body_bytes: int = 1 << 20
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
+    replicas: Custody | None = None  # the replica policy and the peer side of joins
 
 
 def app_context(request: Request) -> AppContext:
