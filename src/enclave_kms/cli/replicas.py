@@ -65,11 +65,7 @@ def set_cmd(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     ] = None,
 ) -> None:
     """Change the replica policy (audited), starting from the current one."""
-    if (
-        sum(x is not None and x is not False for x in (allow_mr_enclave, only_mr_enclave))
-        + int(any_mr_enclave)
-        > 1
-    ):
+    if bool(allow_mr_enclave) + bool(only_mr_enclave) + any_mr_enclave > 1:
         raise UsageError("give one of --allow-mr-enclave, --only-mr-enclave, --any-mr-enclave")
     with connection(ctx).client() as kms:
         policy = kms.replica_policy()
