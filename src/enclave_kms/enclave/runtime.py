@@ -300,7 +300,7 @@ class EnclaveRuntime:
             audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
             self.custody.open(found, store, self.backend, cfg.replica, self.quote_for)
             if cfg.replica.join_only:  # `enclave-kms replicas join`: sealed here, now stop
-                return {"identity": cbor2.dumps(self.identity_claims()), "joined": True}
+                return {"identity": cbor2.dumps(self.identity_claims())}
             self.state = tracker
             worker = cfg.worker
 
