@@ -178,9 +178,12 @@ def tcb(
         platform.set_cpu_svn(_hex(cpu_svn, "--cpu-svn", 16))
     if seal_rule is not None:
         platform.set_seal_rule(SealRule.parse(seal_rule))
-    typer.echo(f"tcb_scenario {platform.config.tcb_scenario.value}")
-    typer.echo(f"cpu_svn {platform.config.cpu_svn.hex()}")
-    typer.echo(f"seal_rule {platform.config.seal_rule.value}")
+    if scenario is not None:
+        typer.echo(f"tcb_scenario {platform.config.tcb_scenario.value}")
+    if cpu_svn is not None:
+        typer.echo(f"cpu_svn {platform.config.cpu_svn.hex()}")
+    if seal_rule is not None:
+        typer.echo(f"seal_rule {platform.config.seal_rule.value}")
     typer.echo(
         "takes effect when the platform is next loaded: restart a running `enclave-kms serve` "
         "that uses this platform, until then it serves collateral of the old status",
