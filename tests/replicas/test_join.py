@@ -48,7 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             with w.client(a) as c:
                 ok(c.post("/v1/keys", json={"name": "shared"}), 201)
                 body = {"plaintext": base64.b64encode(SECRET).decode()}
-                w.ciphertext = ok(c.post("/v1/keys/shared/encrypt", json=body))["ciphertext"]  # type: ignore[attr-defined]
+                w.ciphertext = ok(c.post("/v1/keys/shared/encrypt", json=body))["ciphertext"]
             yield w
         finally:
             for running in list(w.servers):
@@ -60,7 +60,7 @@ def peer(world: World) -> Running:
 
 
 def decrypts(world: World, running: Running) -> bool:
-    body = {"ciphertext": world.ciphertext}  # type: ignore[attr-defined]
+    body = {"ciphertext": world.ciphertext}
     with world.client(running) as c:
         answer = c.post("/v1/keys/shared/decrypt", json=body)
     return answer.status_code == 200 and base64.b64decode(answer.json()["plaintext"]) == SECRET
@@ -190,7 +190,7 @@ def test_without_join_another_cpu_cannot_open_the_key(world: World) -> None:
 
 def test_a_tampered_sealed_copy_fails_closed_and_a_rejoin_replaces_it(world: World) -> None:
     record = _own_record(world, "b")
-    storage = SQLiteStorage(str(world.store))
+    storage = SQLiteStorage(world.store)
     try:
         found = storage.get("identity", record)
         assert found is not None

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave_kms.enclave.custody.joiner import SHARED_ID, SRK_AAD
 from enclave_kms.host.service import Running, ServeOptions, ensure_image, join_once, start
-from enclave_kms.host.storage.sqlite import SQLiteStorage
+from enclave_kms.host.storage import open_storage
 from enclave_kms.platform.image import EnclaveConfig, build_image, sign_image
 from enclave_kms.platform.sim import sealing
 from enclave_kms.platform.sim.cpu import SimCpu
@@ -30,8 +30,9 @@ class World:
     cpu_a: SimPlatform
     cpu_b: SimPlatform
     image: LoadedImage  # the build every replica runs unless told
-    store: Path  # the installation's SQLite file, shared by every replica
+    store: str  # the installation's storage (SQLite file or PostgreSQL), shared by all
     token: str = field(default="", repr=False)
+    ciphertext: str = ""  # made on the first replica, decrypted on the others
     servers: list[Running] = field(default_factory=list)
 
     def serve(
@@ -48,7 +49,7 @@ class World:
                 port=free_port(),
                 platform_dir=cpu.path,
                 image=(image or self.image).directory,
-                storage=str(self.store),
+                storage=self.store,
                 join_url=join,
                 observer=self.recorder.frame,
                 stderr_sink=self.recorder.stderr_line,
@@ -66,7 +67,7 @@ class World:
                 data_dir=self.root / name,
                 platform_dir=cpu.path,
                 image=(image or self.image).directory,
-                storage=str(self.store),
+                storage=self.store,
                 join_url=peer.url,
                 observer=self.recorder.frame,
                 stderr_sink=self.recorder.stderr_line,
@@ -82,7 +83,7 @@ class World:
         return httpx.Client(base_url=running.url, verify=False, timeout=120, headers=headers)
 
     def record(self, name: str) -> bytes:
-        storage = SQLiteStorage(str(self.store))
+        storage = open_storage(self.store, exclusive=False)
         try:
             found = storage.get("identity", name)
         finally:
@@ -100,7 +101,7 @@ class World:
 
     def audit_ops(self) -> list[tuple[str, str, str]]:
         """(op, target, outcome) of every record on audit chain 0 of the shared store."""
-        storage = SQLiteStorage(str(self.store))
+        storage = open_storage(self.store, exclusive=False)
         try:
             records = storage.audit_records(0)
         finally:
@@ -124,11 +125,11 @@ def upgraded_image(world: World, directory: Path, *, svn: int) -> LoadedImage:
     return load_image(directory)
 
 
-def new_world(root: Path, recorder: Recorder) -> World:
+def new_world(root: Path, recorder: Recorder, store: str | None = None) -> World:
     cpu_a = SimPlatform.init(root / "cpu-a")
     cpu_b = SimPlatform.init(root / "cpu-b", root_from=cpu_a)
     image = ensure_image(root / "build" / "image", root / "build" / "signer.pem")
-    return World(root, recorder, cpu_a, cpu_b, image, root / "shared.sqlite")
+    return World(root, recorder, cpu_a, cpu_b, image, store or str(root / "shared.sqlite"))
 
 
 def init_admin(world: World, running: Running) -> None:
