@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave_kms.enclave.custody.joiner import SHARED_ID, SRK_AAD
-from enclave_kms.host.service import Running, ServeOptions, ensure_image, join_once, start
+from enclave_kms.host.replica_join import join_once
+from enclave_kms.host.service import Running, ServeOptions, ensure_image, start
 from enclave_kms.host.storage import open_storage
 from enclave_kms.platform.image import EnclaveConfig, build_image, sign_image
 from enclave_kms.platform.sim import sealing

@@ -98,7 +98,8 @@ def join_cmd(
 ) -> None:
     """Obtain the storage root key from PEER by mutual attestation and seal it to this CPU
     (simulation), then exit; `serve` with the same storage finds it."""
-    from enclave_kms.host.service import ServeOptions, join_once
+    from enclave_kms.host.replica_join import join_once
+    from enclave_kms.host.service import ServeOptions
 
     require_server_extra()
     claims = join_once(

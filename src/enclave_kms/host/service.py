@@ -135,7 +135,7 @@ its identity claims. Stops the process itself if `initialize` fails."""
 S = TypeVar("S", bound=Served)
 
 
-def _private_dir(path: Path) -> Path:
+def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
@@ -241,7 +241,7 @@ def launch_enclave(
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
-    pycache = _private_dir(data_dir / "pycache")
+    pycache = private_dir(data_dir / "pycache")
     ocalls = HostOcalls(
         storage,
         SimQuoting(platform),
@@ -295,42 +295,6 @@ def gramine_platform_id() -> str:
     return hashlib.sha256(b"enclave-kms platform id " + machine).hexdigest()[:16]
 
 
-def join_once(options: ServeOptions) -> dict[str, Any]:
-    """`enclave-kms replicas join`: get the storage root key from `options.join_url`, seal
-    it to this CPU, and stop (no server: the database stays another server's until replicas
-    share it). Returns the enclave's identity claims."""
-    if options.join_url is None:
-        raise UsageError("--peer URL: the running replica to join")
-    data_dir = _private_dir(options.data_dir)
-    lock = DataDirLock(data_dir)
-    try:
-        platform = ensure_platform(options.platform_dir or data_dir / "platform")
-        image = (
-            load_image(options.image)
-            if options.image
-            else ensure_image(data_dir / "image", data_dir / "signer.pem")
-        )
-        spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
-        storage = open_storage(spec, exclusive=False)
-        try:
-            enclave, claims = launch_enclave(
-                image,
-                platform,
-                storage,
-                data_dir,
-                observer=options.observer,
-                stderr_sink=options.stderr_sink,
-                join_url=options.join_url,
-                join_only=True,
-            )
-            enclave.stop()
-        finally:
-            storage.close()
-    finally:
-        lock.release()
-    return claims
-
-
 def _publish(
     enclave: EnclaveProcess,
     data_dir: Path,
@@ -377,7 +341,7 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
-    data_dir = _private_dir(options.data_dir)
+    data_dir = private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:
         return _start_gramine(options, data_dir, lock)
@@ -390,7 +354,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
     source = collateral_service(
         options.collateral_service, options.pccs_url, ca_bundle=options.collateral_ca_bundle
     )
-    storage = _open_storage(options, data_dir)
+    storage = open_configured_storage(options, data_dir)
     quoting = PccsQuoting(source)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
@@ -430,10 +394,12 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
     )
 
 
-def _open_storage(options: ServeOptions, data_dir: Path) -> Storage:
+def open_configured_storage(
+    options: ServeOptions, data_dir: Path, *, exclusive: bool = True
+) -> Storage:
     """`--storage`, else $ENCLAVE_KMS_STORAGE, else the data directory's SQLite file."""
     spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
-    return open_storage(spec)
+    return open_storage(spec, exclusive=exclusive)
 
 
 def _serve_workers(
@@ -486,7 +452,7 @@ def start(options: ServeOptions) -> Running:
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
-    data_dir = _private_dir(options.data_dir)
+    data_dir = private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:
         return _start_sim(options, data_dir, lock)
@@ -495,16 +461,24 @@ def start(options: ServeOptions) -> Running:
         raise
 
 
-def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Running:
+def sim_platform_and_image(
+    options: ServeOptions, data_dir: Path
+) -> tuple[SimPlatform, LoadedImage]:
+    """The simulated CPU and the signed image a server (or a one-shot join) runs."""
     platform = ensure_platform(options.platform_dir or data_dir / "platform")
     image = (
         load_image(options.image)
         if options.image
         else ensure_image(data_dir / "image", data_dir / "signer.pem")
     )
+    return platform, image
+
+
+def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Running:
+    platform, image = sim_platform_and_image(options, data_dir)
     root_path = data_dir / "sim-root.pem"
     root_path.write_bytes(platform.root_pem())
-    storage = _open_storage(options, data_dir)
+    storage = open_configured_storage(options, data_dir)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
         return launch_enclave(
