@@ -313,6 +313,18 @@ OCALLS: tuple[Call, ...] = (
         "sealed head's update, the enclave adopts the ones it can verify as its own.",
     ),
     Call(
+        "replica_join",
+        "ocall",
+        (
+            _in("path", "str", 64),
+            _in("body", "bytes", 256 * _KiB),
+            _out("status", "int", 999),
+            _out("body", "bytes", 256 * _KiB),
+        ),
+        "POST a join message to the peer replica (`serve --join`); the enclave verifies the "
+        "answer end to end (enclave/custody/handover.py), the host only relays it.",
+    ),
+    Call(
         "log",
         "ocall",
         (_in("level", "str", 16), _in("message", "str", 4 * _KiB)),

@@ -253,6 +253,13 @@ class PermissionDeniedError(KMSError):
     code = "permission_denied"
 
 
+class JoinRefusedError(PermissionDeniedError):
+    """A replica join was refused: the joiner's (or the peer's) evidence, binding, challenge
+    or identity does not meet the installation's replica policy. Audited on the peer."""
+
+    code = "join_refused"
+
+
 class NotFoundError(KMSError):
     code = "not_found"
 

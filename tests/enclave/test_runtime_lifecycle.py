@@ -36,7 +36,13 @@ IDENTITY = EnclaveIdentity(
     isv_svn=1,
     attributes=Attributes(AttributeFlags.INIT | AttributeFlags.MODE64BIT, 3),
 )
-CONFIG = cbor2.dumps({"platform": "sim"})
+_SIM_DIR: dict[str, str] = {}
+
+
+def config() -> bytes:
+    """The host's initialize config: the module's simulated platform (its root appraises
+    replicas, custody/service.py)."""
+    return cbor2.dumps({"platform": "sim", "platform_dir": _SIM_DIR["dir"]})
 
 Runtime = Callable[[], EnclaveRuntime]
 
@@ -46,6 +52,7 @@ def new_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     """A fresh runtime (a new enclave process) over one platform and one store per call."""
     root = tmp_path_factory.mktemp("lifecycle")
     sim = SimPlatform.init(root / "sim")
+    _SIM_DIR["dir"] = str(root / "sim")
     storages: list[SQLiteStorage] = []
 
     def make() -> EnclaveRuntime:
@@ -96,26 +103,26 @@ def test_initialize_runs_once_even_after_a_failed_attempt(
     rt = new_runtime()
     with pytest.raises(ConfigError):
         rt.initialize(b"\xff not cbor")  # unread config: the host may send a good one
-    reply = rt.initialize(CONFIG)
+    reply = rt.initialize(config())
     claims = cbor2.loads(reply["identity"])
     assert claims["mr_enclave"] == IDENTITY.mr_enclave.hex()
     assert claims["simulated"] is True
     with pytest.raises(ConflictError, match="already initialized"):
-        rt.initialize(CONFIG)
+        rt.initialize(config())
 
     failing = EnclaveRuntime(rt._call, backend=None)  # no backend: the platform dir is absent
     bad = cbor2.dumps({"platform": "sim", "platform_dir": str(tmp_path / "missing")})
     with pytest.raises(PlatformError, match="no simulated platform"):
         failing.initialize(bad)
     with pytest.raises(ConflictError, match="already initialized"):
-        failing.initialize(CONFIG)  # a second attempt would re-run half-done steps
+        failing.initialize(config())  # a second attempt would re-run half-done steps
     with pytest.raises(NotInitializedError):
         failing.get_report()
 
 
 def test_the_initialized_state_is_one_frozen_object(new_runtime: Runtime) -> None:
     rt = new_runtime()
-    rt.initialize(CONFIG)
+    rt.initialize(config())
     ready = rt.ready()
     assert ready is rt.ready()
     with pytest.raises(dataclasses.FrozenInstanceError):

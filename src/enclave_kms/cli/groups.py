@@ -30,6 +30,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("audit", "audit", "Verify the audit log and show its head."),
     ("recovery", "recovery", "k-of-n recovery of the storage root key by recovery officers."),
     ("config", "config", "Show where the client's settings come from."),
+    ("replicas", "replicas", "Replica policy and joining an installation (attested)."),
     ("proxy", "proxy", "Attest and pin a server; serve it locally to unmodified clients."),
 )
 

@@ -21,6 +21,7 @@ from enclave_kms.platform.sim.platform import (
     DEFAULT_CPU_SVN,
     DEFAULT_FMSPC,
     DEFAULT_PCE_SVN,
+    SealRule,
     SimPlatform,
     default_platform_dir,
 )
@@ -76,6 +77,7 @@ def _summary(platform: SimPlatform) -> dict[str, object]:
         "cpu_svn": cfg.cpu_svn.hex(),
         "pce_svn": cfg.pce_svn,
         "tcb_scenario": cfg.tcb_scenario.value,
+        "seal_rule": cfg.seal_rule.value,
         "qe_mr_signer": cfg.qe_mr_signer.hex(),
         "qe_isv_svn": cfg.qe_identity.isv_svn,
         "pck_serial": f"{platform.pki.pck_cert.serial_number:x}",
@@ -100,6 +102,9 @@ def init(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     tcb_scenario: Annotated[
         str, typer.Option(help=f"Initial TCB scenario ({_SCENARIOS}).")
     ] = TcbScenario.UP_TO_DATE.value,
+    seal_rule: Annotated[
+        str, typer.Option(help="Seal-key rule: sgx, or gramine (current CPUSVN/ISVSVN only).")
+    ] = SealRule.SGX.value,
     root_from: Annotated[
         Path | None,
         typer.Option(
@@ -119,6 +124,7 @@ def init(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         pce_svn=pce_svn,
         scenario=TcbScenario.parse(tcb_scenario),
         root_from=vendor,
+        seal_rule=SealRule.parse(seal_rule),
     )
     typer.echo("Created a SIMULATED SGX platform (not a TEE: it protects nothing).")
     if vendor is not None:
@@ -149,14 +155,35 @@ def root(out: OutOption, directory: DirOption = None) -> None:
 
 @app.command()
 def tcb(
-    scenario: Annotated[str, typer.Argument(help=f"One of: {_SCENARIOS}.")],
+    scenario: Annotated[str | None, typer.Argument(help=f"One of: {_SCENARIOS}.")] = None,
+    cpu_svn: Annotated[
+        str | None,
+        typer.Option(help="A new CPUSVN (32 hex digits): a microcode/TCB-recovery update."),
+    ] = None,
+    seal_rule: Annotated[
+        str | None,
+        typer.Option(help="sgx (any SVN up to the current) or gramine (current SVNs only)."),
+    ] = None,
     directory: DirOption = None,
 ) -> None:
-    """Set the TCB switch: collateral issued from now on reports this status (a running
-    `enclave-kms serve` reads the platform at start: restart it for the change to apply)."""
+    """Change the platform's TCB: the TCB switch (collateral's status), the CPUSVN (a new PCK
+    certificate; seal keys change) or the seal-key rule. A running `enclave-kms serve` reads
+    the platform at start: restart it for a change to apply."""
+    if scenario is None and cpu_svn is None and seal_rule is None:
+        raise UsageError("give a TCB scenario, --cpu-svn or --seal-rule")
     platform = SimPlatform.open(_dir(directory))
-    platform.set_tcb_scenario(TcbScenario.parse(scenario))
-    typer.echo(f"tcb_scenario {platform.config.tcb_scenario.value}")
+    if scenario is not None:
+        platform.set_tcb_scenario(TcbScenario.parse(scenario))
+    if cpu_svn is not None:
+        platform.set_cpu_svn(_hex(cpu_svn, "--cpu-svn", 16))
+    if seal_rule is not None:
+        platform.set_seal_rule(SealRule.parse(seal_rule))
+    if scenario is not None:
+        typer.echo(f"tcb_scenario {platform.config.tcb_scenario.value}")
+    if cpu_svn is not None:
+        typer.echo(f"cpu_svn {platform.config.cpu_svn.hex()}")
+    if seal_rule is not None:
+        typer.echo(f"seal_rule {platform.config.seal_rule.value}")
     typer.echo(
         "takes effect when the platform is next loaded: restart a running `enclave-kms serve` "
         "that uses this platform, until then it serves collateral of the old status",

@@ -87,6 +87,14 @@ def serve(
         help="Enclave worker processes sharing the store and the port (one core each; "
         "each keeps its own audit chain).",
     ),
+    join: str | None = typer.Option(
+        None,
+        "--join",
+        "--migrate-from",
+        help="A running replica (https://HOST:PORT) to obtain the storage root key from by "
+        "mutual attestation when no sealed copy opens here: a replica on another CPU, or an "
+        "upgrade whose seal key changed (docs/replicas.md, docs/sgx-hardware.md).",
+    ),
     transit_mount: str = typer.Option(
         "transit",
         help="Path of the Vault/OpenBao transit face: /v1/<mount>/ (docs/compatibility.md).",
@@ -123,6 +131,7 @@ def serve(
         storage=storage,
         transit_mount=transit_mount,
         recovery=recovery,
+        join_url=join,
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)

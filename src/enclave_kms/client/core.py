@@ -44,6 +44,7 @@ from enclave_kms.client.types import (
     IssuedToken,
     KeyInfo,
     KeyPage,
+    ReplicaPolicy,
     RsaKeyPair,
     TokenInfo,
     TokenPage,
@@ -156,6 +157,23 @@ def init() -> Call[IssuedToken]:
 
 def audit_head() -> Call[AuditHead]:
     return Call("GET", "/v1/audit", _answer(AuditHead), idempotent=True)
+
+
+def read_replica_policy() -> Call[ReplicaPolicy]:
+    return Call("GET", "/v1/sys/replica-policy", _answer(ReplicaPolicy), idempotent=True)
+
+
+def write_replica_policy(policy: ReplicaPolicy) -> Call[ReplicaPolicy]:
+    if not isinstance(policy, ReplicaPolicy):
+        raise UsageError("write_replica_policy needs a ReplicaPolicy")
+    body = {
+        "mr_signer": policy.mr_signer,
+        "isv_prod_id": policy.isv_prod_id,
+        "min_isv_svn": policy.min_isv_svn,
+        "mr_enclave": list(policy.mr_enclave),
+        "accepted_tcb_statuses": list(policy.accepted_tcb_statuses),
+    }
+    return Call("PUT", "/v1/sys/replica-policy", _answer(ReplicaPolicy), body=body, idempotent=True)
 
 
 # --------------------------------------------------------------------------- keys

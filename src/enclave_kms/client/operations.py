@@ -25,6 +25,7 @@ from enclave_kms.client.types import (
     IssuedToken,
     KeyInfo,
     KeyPage,
+    ReplicaPolicy,
     RsaKeyPair,
     TokenInfo,
     TokenPage,
@@ -112,6 +113,16 @@ class Operations(Session):
     @operation
     def audit_head(self) -> Step[AuditHead]:
         return core.audit_head()
+
+    @operation
+    def replica_policy(self) -> Step[ReplicaPolicy]:
+        """The installation's replica policy (needs the `sys` permission)."""
+        return core.read_replica_policy()
+
+    @operation
+    def set_replica_policy(self, policy: ReplicaPolicy) -> Step[ReplicaPolicy]:
+        """Replace the replica policy, e.g. to allow a new build before an upgrade."""
+        return core.write_replica_policy(policy)
 
     # ------------------------------------------------------------------ keys
 

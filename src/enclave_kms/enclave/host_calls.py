@@ -80,6 +80,12 @@ class HostCalls:
             raise AttestationError("host returned a quote that is not for this enclave's report")
         return quote_bytes
 
+    def replica_join(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """The host's POST of `body` to the peer replica's `path`: (HTTP status, answer).
+        The answer is as untrusted as the host (enclave/custody verifies it)."""
+        result = self._call("replica_join", path=path, body=body)
+        return int(result["status"]), bytes(result["body"])
+
     def collateral_for(self, quote: bytes) -> bytes:
         collateral: bytes = self._call("get_collateral", quote=quote)["collateral"]
         load_collateral(collateral)  # must at least parse; it is verified by whoever uses it

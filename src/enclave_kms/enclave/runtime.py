@@ -1,7 +1,8 @@
 """The trusted process: ECALL handlers, key bootstrap and the HTTPS server (DESIGN §3, §4, §9).
 
 `initialize` unseals (or creates) the enclave's long-lived secrets through the storage OCALLs:
-  identity/storage-root-key   256-bit, sealed under MRSIGNER (upgrades keep access)
+  identity/storage-root-key   256-bit, sealed under MRSIGNER (upgrades keep access); a replica
+                              that joined keeps its own copy (enclave/custody/joiner.py)
   identity/tls-key-<mrenclave> P-256 TLS key, sealed under MRENCLAVE (a new build, a new key)
   config/audit-key, config/audit-head   sealed records under the storage root key
 `set_up_server` then serves HTTPS from this process for its whole life; requests never cross
@@ -40,7 +41,9 @@ from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.api.recovery_app import SwitchableApp, recovery_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls, ChannelSide
+from enclave_kms.enclave.custody.joiner import SRK_AAD, Found, Joined, ReplicaSettings
 from enclave_kms.enclave.custody.recovery import RecoveryEvent, RecoverySession, start_session
+from enclave_kms.enclave.custody.service import Custody as ReplicaCustody
 from enclave_kms.enclave.custody.shares import Custody, SetStore
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.release import ReleaseService
@@ -69,7 +72,6 @@ from enclave_kms.sgx.quote import parse_quote
 log = logging.getLogger("enclave_kms.enclave")
 
 PEM_KEY_SIZE = 512  # the tutorial zero-pads the PEM public key to 512 bytes
-_SRK_AAD = b"enclave-kms/storage-root-key/v1"
 _TLS_AAD = b"enclave-kms/tls-key/v1"
 
 
@@ -87,6 +89,7 @@ class RuntimeConfig:
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
     cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
     recovery: bool = False  # may enter k-of-n recovery if the SRK does not unseal (custody/)
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)  # custody/joiner.py
 
     @classmethod
     def parse(cls, data: bytes) -> RuntimeConfig:
@@ -110,6 +113,7 @@ class RuntimeConfig:
                 cert_lifetime=tls.bounded_lifetime(
                     float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
                 ),
+                replica=ReplicaSettings.parse(dict(raw.get("replica") or {})),
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
@@ -153,6 +157,13 @@ def open_backend(config: RuntimeConfig) -> TeeBackend:
     raise ConfigError(f"initialize: unknown platform {config.platform!r}")
 
 
+def _here(config: RuntimeConfig) -> str:
+    """Suffix of per-CPU records (the TLS key, sealed under MRENCLAVE, and its shared
+    certificate): replicas of one build on several CPUs each keep their own."""
+    platform_id = config.replica.platform_id
+    return "" if platform_id == "local" else f"@{platform_id}"
+
+
 @dataclass(frozen=True)
 class Booted:
     """What `initialize` opens first, in every mode: the platform and the TLS key. In
@@ -183,7 +194,7 @@ class Initialized:
 
     def certificate_id(self) -> str:
         """The sealed record holding this build's RA-TLS certificate (shared by workers)."""
-        return f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        return f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{_here(self.config)}"
 
 
 class EnclaveRuntime:
@@ -205,6 +216,7 @@ class EnclaveRuntime:
         self.server_done = threading.Event()
         self.identity: tls.TlsIdentity | None = None
         self.channel = ChannelEcalls(self._channel_side)
+        self.replicas = ReplicaCustody(self.host)  # the replica policy, joins (custody/)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -332,32 +344,43 @@ class EnclaveRuntime:
             ident = backend.identity
             tls_der = self._sealed_secret(
                 backend,
-                f"tls-key-{ident.mr_enclave.hex()[:32]}",
+                f"tls-key-{ident.mr_enclave.hex()[:32]}{_here(cfg)}",
                 KeyPolicy.MRENCLAVE,
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
             )
             booted = self._booted = Booted(cfg, backend, tls.key_from_der(tls_der))
-            srk = self._storage_root_key(booted)
-            if srk is None:
+            found = self._storage_root_key(booted)
+            if found is None:
                 log.warning("enclave in recovery mode: mr_enclave %s", ident.mr_enclave.hex())
                 return {"identity": cbor2.dumps({**self.identity_claims(), "recovery": True})}
-            self._initialized = self._open(booted, srk)
+            self._initialized = self._open(booted, found)
+            if self._initialized is None:  # `enclave-kms replicas join`: sealed here, now stop
+                return {"identity": cbor2.dumps(self.identity_claims())}
             log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
             return {"identity": cbor2.dumps(self.identity_claims())}
 
-    def _storage_root_key(self, booted: Booted) -> bytes | None:
-        """The unsealed SRK, or None after entering recovery mode (only if `cfg.recovery`
-        and this CPU cannot unseal it: a new machine of an installation whose every replica
-        is lost). Never a new SRK over an existing recovery set."""
+    def _storage_root_key(self, booted: Booted) -> Found | Joined | None:
+        """The storage root key: this CPU's own sealed copy, the shared one, a new one for a new
+        installation, or one a running replica hands over (`--join`, custody/joiner.py);
+        None after entering k-of-n recovery mode (only with `cfg.recovery`, when nothing here
+        unseals it: every replica of the installation is lost). Never a new key over an
+        existing installation or recovery set."""
         cfg, backend = booted.config, booted.backend
         sealed = self.host.get("identity", "storage-root-key")
         if cfg.recovery and (sealed is None and SetStore(self.host).load() is not None):
             self.recovery = self._start_recovery(booted)
             return None
         try:
-            return self._sealed_secret(
-                backend, "storage-root-key", KeyPolicy.MRSIGNER, _SRK_AAD, lambda: os.urandom(32)
+            return self.replicas.storage_root_key(
+                backend,
+                cfg.replica,
+                platform=cfg.platform,
+                platform_dir=cfg.platform_dir,
+                quote_for=self.quote_for,
+                create=lambda: self._sealed_secret(
+                    backend, "storage-root-key", KeyPolicy.MRSIGNER, SRK_AAD, lambda: os.urandom(32)
+                ),
             )
         except SealingError as exc:
             if not cfg.recovery:
@@ -379,12 +402,16 @@ class EnclaveRuntime:
             restore=self._restore,
         )
 
-    def _open(self, booted: Booted, srk: bytes) -> Initialized:
-        """Open the store under `srk`: authenticated against the state head, or an error
-        (nothing is kept half set up)."""
-        cfg = booted.config
+    def _open(self, booted: Booted, found: Found | Joined) -> Initialized | None:
+        """Open the store under the storage root key: authenticated against the state head, or
+        an error (nothing is kept half set up). None for a one-shot join (`replicas join`):
+        the key is sealed here, nothing is served."""
+        cfg, srk = booted.config, found.srk
         store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
         audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
+        self.replicas.open(found, store, booted.backend, cfg.replica, self.quote_for)
+        if cfg.replica.join_only:
+            return None
         worker = cfg.worker
 
         def persist_head(seq: int, prev: bytes) -> None:
@@ -397,6 +424,7 @@ class EnclaveRuntime:
             persist_head=persist_head,
             tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
         )
+        self.replicas.audit_join(audit)
         kms = KMSService(store)
         host = self.host
         return Initialized(
@@ -419,9 +447,11 @@ class EnclaveRuntime:
         to this CPU, audit every recovery step, then serve the full API."""
         with self._state_lock:
             booted, session = self.booted(), self.recovery
-            ready = self._open(booted, srk)
+            ready = self._open(booted, Found(srk, "recovered"))
+            if ready is None:
+                raise ConflictError("a one-shot join cannot recover")
             found = self.host.get("identity", "storage-root-key")
-            blob = booted.backend.seal(srk, KeyPolicy.MRSIGNER, _SRK_AAD)
+            blob = booted.backend.seal(srk, KeyPolicy.MRSIGNER, SRK_AAD)
             if not self.host.put("identity", "storage-root-key", found[0] if found else 0, blob):
                 raise ConflictError("the sealed storage root key changed during recovery")
             self._initialized = ready  # still recovering until here: nothing served from it
@@ -518,6 +548,7 @@ class EnclaveRuntime:
             state_head=ready.state.header,
             release=ready.release,
             custody=ready.custody,
+            replicas=self.replicas,
         )
         return create_app(context, transit_mount=cfg.transit_mount)
 
@@ -573,7 +604,7 @@ class EnclaveRuntime:
         workers serve that same certificate (same build, hence the same sealed TLS key), so a
         client that pinned it sees one server whichever worker its connection reaches."""
         key, cfg, ready = booted.tls_key, booted.config, self._initialized
-        cert_id = f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}"
+        cert_id = f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}{_here(cfg)}"
         found = None if ready is None else ready.store.get("config", cert_id)  # None: recovery
         if cfg.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])

@@ -14,7 +14,13 @@ from typing import Any, Protocol
 
 from enclave_kms.attestation.collateral import collateral_to_json
 from enclave_kms.attestation.sources import CollateralSource
-from enclave_kms.errors import EnclaveKMSError, PlatformError
+from enclave_kms.errors import (
+    BoundaryError,
+    ConfigError,
+    EnclaveKMSError,
+    PlatformError,
+    ServerError,
+)
 from enclave_kms.host.storage import Storage
 from enclave_kms.platform.sim.platform import SimPlatform
 from enclave_kms.sgx.pck import parse_pck_extension, pck_ca_kind
@@ -114,7 +120,9 @@ class HostOcalls:
         *,
         chain: int = 0,
         on_change: Callable[[str, str], None] | None = None,
+        join_url: str | None = None,
     ) -> None:
+        self._join_url = join_url
         self._storage = storage
         self._quoting = quoting
         self._chain = chain
@@ -135,6 +143,7 @@ class HostOcalls:
             "audit_tail": lambda from_seq: {
                 "records": self._storage.audit_tail(from_seq, AUDIT_TAIL_LIMIT, self._chain)
             },
+            "replica_join": self.replica_join,
             "log": self.log,
         }
 
@@ -157,6 +166,30 @@ class HostOcalls:
     def audit_append(self, records: list[bytes]) -> dict[str, Any]:
         self._storage.audit_append(records, self._chain)
         return {"ok": True}
+
+    def replica_join(self, path: str, body: bytes) -> dict[str, Any]:
+        """Relay a join message to the peer's RA-TLS server. Its certificate is not checked
+        here: the enclave appraises the peer's quote over the answer itself (a host that
+        relays elsewhere gains a refusal, not the key)."""
+        import httpx
+
+        from enclave_kms.client.tls import unverified_context
+
+        if self._join_url is None:
+            raise ConfigError("the enclave asked to join, but no peer was given (--join URL)")
+        if not path.startswith("/v1/sys/replicas/"):
+            raise BoundaryError(f"replica_join: {path[:64]!r} is not a join path")
+        try:
+            answer = httpx.post(
+                self._join_url.rstrip("/") + path,
+                content=body,
+                headers={"content-type": "application/json"},
+                verify=unverified_context(),
+                timeout=60,
+            )
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the peer {self._join_url}: {exc}") from None
+        return {"status": answer.status_code, "body": answer.content[: 256 * 1024]}
 
     def log(self, level: str, message: str) -> None:
         enclave_log.log(_LEVELS.get(level, logging.INFO), "%s", message)

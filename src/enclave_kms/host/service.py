@@ -68,6 +68,7 @@ class ServeOptions:
     transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
     cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
     recovery: bool = False  # k-of-n recovery if this CPU cannot unseal the storage root key
+    join_url: str | None = None  # a running replica to get the storage root key from
 
 
 class DataDirLock:
@@ -140,7 +141,7 @@ its identity claims. Stops the process itself if `initialize` fails."""
 S = TypeVar("S", bound=Served)
 
 
-def _private_dir(path: Path) -> Path:
+def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
@@ -247,15 +248,18 @@ def launch_enclave(
     transit_mount: str = "transit",
     cert_lifetime_seconds: float | None = None,
     recovery: bool = False,
+    join_url: str | None = None,
+    join_only: bool = False,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
-    pycache = _private_dir(data_dir / "pycache")
+    pycache = private_dir(data_dir / "pycache")
     ocalls = HostOcalls(
         storage,
         SimQuoting(platform),
         chain=worker,
         on_change=None if relay is None else relay.on_change_for(worker),
+        join_url=join_url,
     )
     enclave = EnclaveProcess(
         enclave_argv(image, pycache_prefix=pycache),
@@ -273,6 +277,9 @@ def launch_enclave(
         "workers": workers,
         "transit_mount": transit_mount,
         "recovery": recovery,
+        "replica": replica_settings(
+            platform.config.platform_instance_id.hex()[:16], join_url, join_only
+        ),
     }
     if cert_lifetime_seconds is not None:
         config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
@@ -282,6 +289,23 @@ def launch_enclave(
         enclave.stop()
         raise
     return enclave, cbor2.loads(reply["identity"])
+
+
+def replica_settings(platform_id: str, join_url: str | None, join_only: bool) -> dict[str, Any]:
+    """The enclave's replica settings: which per-CPU sealed copy is its own (a name, not a
+    trust anchor: the name is in the sealed blob's AAD) and whether it may join a peer."""
+    return {"platform_id": platform_id, "join": join_url is not None, "join_only": join_only}
+
+
+def gramine_platform_id() -> str:
+    """Hardware: this machine's name for its per-CPU records (from /etc/machine-id)."""
+    import hashlib
+
+    try:
+        machine = Path("/etc/machine-id").read_bytes().strip()
+    except OSError:
+        machine = socket.gethostname().encode()
+    return hashlib.sha256(b"enclave-kms platform id " + machine).hexdigest()[:16]
 
 
 def _publish(
@@ -330,7 +354,7 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
-    data_dir = _private_dir(options.data_dir)
+    data_dir = private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:
         return _start_gramine(options, data_dir, lock)
@@ -343,11 +367,17 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
     source = collateral_service(
         options.collateral_service, options.pccs_url, ca_bundle=options.collateral_ca_bundle
     )
-    storage = _open_storage(options, data_dir)
+    storage = open_configured_storage(options, data_dir)
     quoting = PccsQuoting(source)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
-        ocalls = HostOcalls(storage, quoting, chain=worker, on_change=relay.on_change_for(worker))
+        ocalls = HostOcalls(
+            storage,
+            quoting,
+            chain=worker,
+            on_change=relay.on_change_for(worker),
+            join_url=options.join_url,
+        )
         enclave = EnclaveProcess(
             ["gramine-sgx", "enclave-kms"],
             ocalls.handlers(),
@@ -364,6 +394,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
             "workers": options.workers,
             "transit_mount": options.transit_mount,
             "recovery": options.recovery,
+            "replica": replica_settings(gramine_platform_id(), options.join_url, False),
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -377,10 +408,12 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
     )
 
 
-def _open_storage(options: ServeOptions, data_dir: Path) -> Storage:
+def open_configured_storage(
+    options: ServeOptions, data_dir: Path, *, exclusive: bool = True
+) -> Storage:
     """`--storage`, else $ENCLAVE_KMS_STORAGE, else the data directory's SQLite file."""
     spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
-    return open_storage(spec)
+    return open_storage(spec, exclusive=exclusive)
 
 
 def _serve_workers(
@@ -433,7 +466,7 @@ def start(options: ServeOptions) -> Running:
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
-    data_dir = _private_dir(options.data_dir)
+    data_dir = private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
     try:
         return _start_sim(options, data_dir, lock)
@@ -442,16 +475,24 @@ def start(options: ServeOptions) -> Running:
         raise
 
 
-def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Running:
+def sim_platform_and_image(
+    options: ServeOptions, data_dir: Path
+) -> tuple[SimPlatform, LoadedImage]:
+    """The simulated CPU and the signed image a server (or a one-shot join) runs."""
     platform = ensure_platform(options.platform_dir or data_dir / "platform")
     image = (
         load_image(options.image)
         if options.image
         else ensure_image(data_dir / "image", data_dir / "signer.pem")
     )
+    return platform, image
+
+
+def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Running:
+    platform, image = sim_platform_and_image(options, data_dir)
     root_path = data_dir / "sim-root.pem"
     root_path.write_bytes(platform.root_pem())
-    storage = _open_storage(options, data_dir)
+    storage = open_configured_storage(options, data_dir)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
         return launch_enclave(
@@ -469,6 +510,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             transit_mount=options.transit_mount,
             cert_lifetime_seconds=options.cert_lifetime_seconds,
             recovery=options.recovery,
+            join_url=options.join_url,
         )
 
     return _serve_workers(

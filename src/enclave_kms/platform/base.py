@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
-from enclave_kms.errors import FormatError
+from enclave_kms.errors import FormatError, SealKeyChangedError
 from enclave_kms.sgx.report import Attributes, Report, TargetInfo
 
 
@@ -78,3 +78,20 @@ class TeeBackend(Protocol):
     def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Inverse of `seal`; any failure raises SealingError."""
         ...
+
+
+def seal_key_changed(sealed: tuple[bytes, int], current: tuple[bytes, int]) -> None:
+    """Under Gramine's rule, a blob sealed under another (CPUSVN, ISVSVN) cannot be opened:
+    raise SealKeyChangedError naming what changed (Gramine, and the simulation's gramine rule)."""
+    if sealed == current:
+        return
+    changes = []
+    if sealed[0] != current[0]:
+        changes.append(f"CPUSVN {sealed[0].hex()} → {current[0].hex()} (microcode/TCB update)")
+    if sealed[1] != current[1]:
+        changes.append(f"ISVSVN {sealed[1]} → {current[1]} (enclave upgrade)")
+    raise SealKeyChangedError(
+        "sealed under another seal key: " + ", ".join(changes) + "; Gramine derives seal "
+        "keys for the current CPUSVN and ISVSVN only, so this blob cannot be unsealed here "
+        "(migrate the storage root key from a running replica: docs/sgx-hardware.md)"
+    )

@@ -14,9 +14,9 @@ CPUSVN, ISVSVN and CONFIGSVN with KEYID 0 (pal/src/host/linux-sgx/enclave_framew
 `sgx_get_seal_key`), so neither a key for an older ISVSVN nor one for the CPUSVN before a
 microcode or TCB-recovery update can be requested. Each blob therefore records the CPUSVN and
 ISVSVN it was sealed under, and a blob from another one fails with SealKeyChangedError naming
-both (never a silent new state: the runtime refuses to replace the storage root key). Moving
-the storage root key across such a change needs the old enclave to hand it over (not built
-yet); see docs/sgx-hardware.md.
+both (never a silent new state: the runtime refuses to replace the storage root key). The
+storage root key crosses such a change by migration from a running replica over the attested
+join (enclave/custody/); see docs/sgx-hardware.md.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from enclave_kms.errors import (
     KeyDerivationError,
     PlatformError,
     SealingError,
-    SealKeyChangedError,
 )
-from enclave_kms.platform.base import EnclaveIdentity, KeyPolicy
+from enclave_kms.platform.base import EnclaveIdentity, KeyPolicy, seal_key_changed
 from enclave_kms.sgx.report import Report, TargetInfo
 
 _MAGIC = b"EKGS"  # enclave-kms Gramine seal
@@ -155,16 +154,4 @@ class GramineBackend:
     def _explain(self, *, cpu_svn: bytes, isv_svn: int) -> None:
         """Name a CPUSVN or ISVSVN change as the cause (the header is authenticated only by
         the tag that just failed, so this names the likely cause, it proves nothing)."""
-        now_cpu, now_isv = self._cpu_svn, self._identity.isv_svn
-        if (cpu_svn, isv_svn) == (now_cpu, now_isv):
-            return
-        changes = []
-        if cpu_svn != now_cpu:
-            changes.append(f"CPUSVN {cpu_svn.hex()} → {now_cpu.hex()} (microcode/TCB update)")
-        if isv_svn != now_isv:
-            changes.append(f"ISVSVN {isv_svn} → {now_isv} (enclave upgrade)")
-        raise SealKeyChangedError(
-            "sealed under another seal key: " + ", ".join(changes) + "; Gramine derives seal "
-            "keys for the current CPUSVN and ISVSVN only, so this blob cannot be unsealed here "
-            "(docs/sgx-hardware.md: what survives an upgrade)"
-        )
+        seal_key_changed((cpu_svn, isv_svn), (self._cpu_svn, self._identity.isv_svn))

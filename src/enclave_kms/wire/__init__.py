@@ -40,6 +40,7 @@ from enclave_kms.errors import (
     ImmutablePolicyError,
     IntegrityError,
     InvalidRequestError,
+    JoinRefusedError,
     KeyStateError,
     NonceError,
     NoReleasePolicyError,
@@ -117,6 +118,7 @@ ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
     ErrorCode("invalid_request", 400, InvalidRequestError, (InvalidRequestError,)),
     ErrorCode("crypto_failed", 400, CryptoOperationError, (CryptoOperationError,)),
     ErrorCode("unauthenticated", 401, UnauthenticatedError, (UnauthenticatedError,)),
+    ErrorCode("join_refused", 403, JoinRefusedError, (JoinRefusedError,)),
     ErrorCode("permission_denied", 403, PermissionDeniedError, (PermissionDeniedError,)),
     ErrorCode("not_found", 404, NotFoundError, (NotFoundError,)),
     ErrorCode("conflict", 409, ConflictError, (ConflictError,)),
@@ -294,6 +296,34 @@ class RecoveryShare:
     officer: str
     sealed: Annotated[str, Doc("HPKE ciphertext to the officer's key, base64")]
     verified_by_enclave: bool
+
+
+@dataclass(frozen=True)
+class ReplicaPolicy:
+    """Which enclave builds may join the installation and hold its storage root key
+    (`mr_enclave` empty: any build of the signer and product at or above `min_isv_svn`)."""
+
+    mr_signer: str
+    isv_prod_id: int
+    min_isv_svn: int
+    mr_enclave: tuple[str, ...]
+    accepted_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+
+
+@dataclass(frozen=True)
+class ReplicaChallenge:
+    """`POST /v1/sys/replicas/challenge`: single use, 120 s; the joiner's quote binds it."""
+
+    challenge: str
+
+
+@dataclass(frozen=True)
+class ReplicaJoin:
+    """`POST /v1/sys/replicas/join`: the storage root key sealed to the key the joiner's quote
+    binds, and the answering replica's quote over the answer (custody/handover.py)."""
+
+    sealed_key: str
+    quote: str
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from enclave_kms.enclave.api import (
     routes_keys,
     routes_recovery,
     routes_release,
+    routes_replicas,
     routes_sys,
 )
 from enclave_kms.enclave.api.errors import (
@@ -256,7 +257,14 @@ def create_app(
     app.state.enclave_kms = ctx
     install_error_handlers(app)
     # Routes are matched in order: the cryptographic operations, most of the traffic, first.
-    for module in (routes_crypto, routes_keys, routes_release, routes_sys, routes_recovery):
+    for module in (
+        routes_crypto,
+        routes_keys,
+        routes_release,
+        routes_sys,
+        routes_recovery,
+        routes_replicas,
+    ):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
     if hot_path:  # added first, so it runs inside AuditMiddleware (the last added is outermost)

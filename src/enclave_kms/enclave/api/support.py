@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enclave_kms.enclave.custody.service import Custody as ReplicaCustody
 from enclave_kms.enclave.custody.shares import Custody
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
@@ -71,6 +72,7 @@ class AppContext:
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
     release: ReleaseService | None = None  # key release to attested workloads (DESIGN §15)
     custody: Custody | None = None  # k-of-n recovery of the storage root key (routes_recovery)
+    replicas: ReplicaCustody | None = None  # the replica policy and the peer side of joins
 
 
 def app_context(request: Request) -> AppContext:

@@ -51,9 +51,11 @@ STORAGE_ENV = "ENCLAVE_KMS_STORAGE"
 """Environment variable naming the storage when `--storage` is not given."""
 
 
-def open_storage(spec: str) -> Storage:
+def open_storage(spec: str, *, exclusive: bool = True) -> Storage:
     """`postgresql://USER@HOST:PORT/DB` opens PostgreSQL (psycopg, the `postgres` extra);
-    anything else is a SQLite file path. Each backend is imported only when chosen."""
+    anything else is a SQLite file path. Each backend is imported only when chosen.
+    `exclusive=False`: PostgreSQL without the one-server lock, for a process that only
+    reads and seals its own records (`replicas join`), never serves."""
     if spec.startswith(("postgresql://", "postgres://")):
         try:
             from enclave_kms.host.storage.postgres import PostgresStorage
@@ -63,7 +65,7 @@ def open_storage(spec: str) -> Storage:
             raise ConfigError(
                 "PostgreSQL storage needs psycopg: pip install 'enclave-kms[postgres]'"
             ) from None
-        return PostgresStorage(spec)
+        return PostgresStorage(spec, exclusive=exclusive)
     if "://" in spec:
         from enclave_kms.errors import ConfigError
 

@@ -19,7 +19,7 @@ system: `platform.py` stores the keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -254,6 +254,12 @@ class SimPki:
             serial=x509.random_serial_number(),
             sgx_extension=build_pck_extension(pck_extension),
         )
+
+    def reissue_pck(self, pck_extension: PckExtension, now: datetime) -> SimPki:
+        """The same PKI with a new PCK certificate (same key) for a new TCB (`set_cpu_svn`)."""
+        start = now.astimezone(UTC).replace(microsecond=0) - BACKDATE
+        leaf = self._pck_leaf(self.pck_key, self.platform_ca_key, pck_extension, start)
+        return replace(self, pck_cert=leaf)
 
     # ------------------------------------------------------------------ chains
 

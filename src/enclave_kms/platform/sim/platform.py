@@ -18,14 +18,20 @@ import stat
 import tomllib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_kms.attestation.types import Collateral, TrustRoot
-from enclave_kms.errors import FormatError, PlatformError, PlatformPermissionError
-from enclave_kms.platform.base import EnclaveIdentity, KeyPolicy
+from enclave_kms.errors import (
+    FormatError,
+    KeyDerivationError,
+    PlatformError,
+    PlatformPermissionError,
+)
+from enclave_kms.platform.base import EnclaveIdentity, KeyPolicy, seal_key_changed
 from enclave_kms.platform.sim import sealing
 from enclave_kms.platform.sim.cpu import (
     CPU_SVN_SIZE,
@@ -79,6 +85,26 @@ def default_platform_dir() -> Path:
     return Path.home() / ".local" / "share" / "enclave-kms" / "platform"
 
 
+class SealRule(StrEnum):
+    """Which seal keys an enclave may request (the header of every sealed blob records the
+    CPUSVN and ISVSVN it was sealed under).
+
+    sgx:     SGX's own rule: any ISVSVN/CPUSVN not above the current ones (upgrades keep access).
+    gramine: Gramine's: the current CPUSVN and ISVSVN only, as `/dev/attestation/keys` derives
+             them, so an enclave upgrade or a microcode/TCB-recovery update cannot unseal
+             older blobs (docs/sgx-hardware.md: migrating the storage root key)."""
+
+    SGX = "sgx"
+    GRAMINE = "gramine"
+
+    @classmethod
+    def parse(cls, value: str) -> SealRule:
+        try:
+            return cls(value)
+        except ValueError:
+            raise PlatformError(f"seal rule {value[:20]!r}: expected sgx or gramine") from None
+
+
 @dataclass(frozen=True)
 class PlatformConfig:
     """The public state of a platform (`platform.toml`)."""
@@ -96,6 +122,7 @@ class PlatformConfig:
     qe_mr_signer: bytes
     pce_mr_enclave: bytes
     pce_mr_signer: bytes
+    seal_rule: SealRule = SealRule.SGX
 
     @property
     def tcb(self) -> PlatformTcb:
@@ -142,6 +169,7 @@ class PlatformConfig:
             f'qe_id = "{self.qe_id.hex()}"',
             f'ppid = "{self.ppid.hex()}"',
             f'platform_instance_id = "{self.platform_instance_id.hex()}"',
+            f'seal_rule = "{self.seal_rule.value}"',
             "",
             "[qe]",
             f'mr_enclave = "{self.qe_mr_enclave.hex()}"',
@@ -186,6 +214,7 @@ class PlatformConfig:
                 qe_mr_signer=hexfield(doc["qe"], "mr_signer", 32),
                 pce_mr_enclave=hexfield(doc["pce"], "mr_enclave", 32),
                 pce_mr_signer=hexfield(doc["pce"], "mr_signer", 32),
+                seal_rule=SealRule.parse(str(doc.get("seal_rule", SealRule.SGX.value))),
             )
         except PlatformError:
             raise
@@ -294,6 +323,7 @@ class SimPlatform:
         pce_svn: int = DEFAULT_PCE_SVN,
         scenario: TcbScenario = TcbScenario.UP_TO_DATE,
         root_from: SimPlatform | None = None,
+        seal_rule: SealRule = SealRule.SGX,
     ) -> SimPlatform:
         """Create a new platform in `path` (which must not exist or be empty).
 
@@ -319,6 +349,7 @@ class SimPlatform:
             qe_mr_signer=vendor.qe_mr_signer if vendor is not None else os.urandom(32),
             pce_mr_enclave=vendor.pce_mr_enclave if vendor is not None else os.urandom(32),
             pce_mr_signer=vendor.pce_mr_signer if vendor is not None else os.urandom(32),
+            seal_rule=seal_rule,
         )
         try:
             shared = root_from.pki if root_from is not None else None
@@ -387,6 +418,25 @@ class SimPlatform:
         self.config = replace(self.config, tcb_scenario=scenario)
         _replace_private(self.path / CONFIG_FILE, self.config.to_toml())
 
+    def set_seal_rule(self, rule: SealRule) -> None:
+        """Choose SGX's or Gramine's seal-key rule for enclaves started from now on."""
+        self.config = replace(self.config, seal_rule=rule)
+        _replace_private(self.path / CONFIG_FILE, self.config.to_toml())
+
+    def set_cpu_svn(self, cpu_svn: bytes) -> None:
+        """A microcode or TCB-recovery update: a new CPUSVN and, as Intel does after one, a
+        new PCK certificate (same PCK key) carrying the new TCB. Enclaves started from now on
+        run at it; seal keys change with it (under the gramine rule, old blobs stop opening)."""
+        if len(cpu_svn) != CPU_SVN_SIZE:
+            raise PlatformError(f"cpu_svn: expected {CPU_SVN_SIZE} bytes")
+        config = replace(self.config, cpu_svn=bytes(cpu_svn))
+        pki = self.pki.reissue_pck(config.pck_extension(), datetime.now(UTC))
+        for name, data in pki.to_files().items():
+            if name.startswith("pck."):
+                _replace_private(self.path / name, data)
+        _replace_private(self.path / CONFIG_FILE, config.to_toml())
+        self.config, self.pki = config, pki
+
     # ------------------------------------------------------------------ verifier side
 
     def root_pem(self) -> bytes:
@@ -442,6 +492,7 @@ class SimEnclave:
         self._cpu = platform.cpu
         self._qe = platform.qe
         self._identity = identity
+        self._gramine_rule = platform.config.seal_rule is SealRule.GRAMINE
 
     @property
     def identity(self) -> EnclaveIdentity:
@@ -460,6 +511,8 @@ class SimEnclave:
         return self._qe.quote(self.get_report(None, report_data))
 
     def get_seal_key(self, policy: KeyPolicy, key_id: bytes, isv_svn: int) -> bytes:
+        if self._gramine_rule and isv_svn != self._identity.isv_svn:
+            raise KeyDerivationError("Gramine derives seal keys for the enclave's own ISVSVN only")
         request = KeyRequest(
             KeyName.SEAL,
             key_policy=policy,
@@ -473,4 +526,9 @@ class SimEnclave:
         return sealing.seal(self._cpu, self._identity, data, policy, aad)
 
     def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
+        if self._gramine_rule:
+            header = sealing.SealedHeader.parse(blob)
+            seal_key_changed(
+                (header.cpu_svn, header.isv_svn), (self._cpu.cpu_svn, self._identity.isv_svn)
+            )
         return sealing.unseal(self._cpu, self._identity, blob, aad)
