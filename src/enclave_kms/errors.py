@@ -304,6 +304,13 @@ class StorageError(KMSError):
     code = "storage_unavailable"
 
 
+class NotReadyError(KMSError):
+    """A replica has not (yet) had the latest state confirmed by a majority of its peers, or
+    found its database behind them: it serves nothing until it has (docs/replicas.md)."""
+
+    code = "not_ready"
+
+
 class AuditError(KMSError):
     """The audit record could not be appended, or an audit chain does not verify."""
 

@@ -101,7 +101,8 @@ def test_open_storage_takes_a_url_or_a_path(tmp_path: Path, pg: PostgresServer) 
 def test_replicas_share_a_database_but_not_a_replica_id(pg: PostgresServer) -> None:
     url = fresh_database(pg)
     a, b = PostgresStorage(url, replica=1), PostgresStorage(url, replica=2)
-    assert a.put("key", "k", 0, b"1") and b.put("key", "k", 1, b"2")
+    assert a.put("key", "k", 0, b"1")
+    assert b.put("key", "k", 1, b"2")
     with pytest.raises(ConfigError, match="replica id 1 is already serving"):
         PostgresStorage(url, replica=1)
     with pytest.raises(ConfigError, match="in use by other enclave-kms servers"):
@@ -109,7 +110,7 @@ def test_replicas_share_a_database_but_not_a_replica_id(pg: PostgresServer) -> N
     a.close()
     b.close()
     lone = PostgresStorage(url)
-    with pytest.raises(ConfigError, match="a lone .* server holds the database"):
+    with pytest.raises(ConfigError, match=r"a lone .* server holds the database"):
         PostgresStorage(url, replica=3)
     lone.close()
     PostgresStorage(url, replica=1).close()  # every lock went with the sessions

@@ -33,6 +33,8 @@ from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_ap
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.service import KMSService
+from enclave_kms.enclave.metrics import Metrics, TimedBackend
+from enclave_kms.enclave.replicas import LocalHead, ReplicaSet
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
 from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
@@ -70,6 +72,9 @@ class RuntimeConfig:
     channel: dict[str, Any] = field(default_factory=dict)
     worker: int = 0  # several workers serve one store and port: this one's number
     workers: int = 1
+    replica: int | None = None  # replicas on one PostgreSQL database (docs/replicas.md)
+    chain: int = 0  # this worker's audit chain: unique across the replicas of an installation
+    peers: tuple[str, ...] = ()  # the other replicas' URLs, asked to confirm the state head
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
     cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
 
@@ -90,6 +95,9 @@ class RuntimeConfig:
                 channel=dict(raw.get("channel") or {}),
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
+                replica=_optional_int(raw.get("replica")),
+                chain=int(raw.get("chain") or raw.get("worker") or 0),
+                peers=tuple(str(p) for p in raw.get("peers") or ()),
                 transit_mount=str(raw.get("transit_mount", "transit")),
                 cert_lifetime=tls.bounded_lifetime(
                     float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
@@ -97,6 +105,23 @@ class RuntimeConfig:
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
+
+    @property
+    def replicated(self) -> bool:
+        return self.replica is not None
+
+    def scoped(self, name: str) -> str:
+        """A per-replica record name: replicas on one store each seal their own TLS key
+        (to their own CPU) and issue their own certificate; a lone server keeps the name."""
+        return name if self.replica is None else f"{name}-r{self.replica}"
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
 
 
 def _shared_port_socket(host: str, port: int) -> socket.socket:
@@ -155,6 +180,9 @@ class EnclaveRuntime:
         self.tokens: TokenService | None = None
         self.audit: AuditLog | None = None
         self.state: StateTracker | None = None
+        self.metrics = Metrics()
+        self.replicas: ReplicaSet | None = None
+        self._storage = TimedBackend(self.host, self.metrics)
         self.tls_key: ec.EllipticCurvePrivateKey | None = None
         self.identity: tls.TlsIdentity | None = None
         self.channel = ChannelEcalls(self)
@@ -233,7 +261,13 @@ class EnclaveRuntime:
                     cause="audit-key-missing", message="the host dropped the audit key"
                 )
         audit_key = tls.key_from_der(found.value)
-        tracker = StateTracker(self.host, srk, audit_key, worker=cfg.worker, exact=cfg.workers == 1)
+        tracker = StateTracker(
+            self._storage,
+            srk,
+            audit_key,
+            worker=cfg.chain,
+            exact=cfg.workers == 1 and not cfg.replicated,
+        )
         marker_value = None if marker is None else marker.value
         legacy = isinstance(marker_value, dict) and not marker_value.get("state_head")
 
@@ -246,10 +280,10 @@ class EnclaveRuntime:
 
         tracker.open(allow_create=allow_create)
         store.track(tracker)
-        head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
+        head_id = "audit-head" if cfg.chain == 0 else f"audit-head-{cfg.chain}"
         legacy_head = None
         old = store.get("config", head_id)
-        if old is not None and old.value is not None and tracker.audit_head(cfg.worker) is None:
+        if old is not None and old.value is not None and tracker.audit_head(cfg.chain) is None:
             legacy_head = (int(old.value[0]), bytes(old.value[1]))
         if legacy and marker is not None and isinstance(marker_value, dict):
             store.put(*INIT_MARKER, marker.version, {**marker_value, "state_head": 1})
@@ -270,23 +304,44 @@ class EnclaveRuntime:
             )
             ident = self.backend.identity
             tls_der = self._sealed_secret(
-                f"tls-key-{ident.mr_enclave.hex()[:32]}",
+                cfg.scoped(f"tls-key-{ident.mr_enclave.hex()[:32]}"),
                 KeyPolicy.MRENCLAVE,
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
             )
             self.tls_key = tls.key_from_der(tls_der)
-            store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
+            # Replicas share the store with other servers: each request checks what it uses
+            # against the state head first (store.py, `RecordStore.shared`).
+            if cfg.replicated and not cfg.peers:
+                raise ConfigError("initialize: a replica needs the URLs of its peers")
+            cache = RecordCache()
+            store = RecordStore(
+                self._storage, RecordCipher(srk), cache=cache, shared=cfg.replicated
+            )
             audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
             self.state = tracker
-            worker = cfg.worker
+            worker = cfg.chain
+            if cfg.replica is not None:
+                self.replicas = ReplicaSet(
+                    replica=cfg.replica,
+                    peers=cfg.peers,
+                    installation=tracker.installation,
+                    signing_key=audit_key,
+                    local_head=lambda: _local_head(tracker),
+                )
+            self._gauges(tracker, cache)
+            metrics, append = self.metrics, self.host.audit_append
+
+            def audit_append(records: list[bytes]) -> None:
+                metrics.audit_batch(len(records))
+                append(records)
 
             def persist_head(seq: int, prev: bytes) -> None:
                 tracker.audit_advanced(worker, seq, prev)
 
             self.audit = AuditLog(
                 audit_key,
-                self.host.audit_append,
+                audit_append,
                 head=tracker.audit_head(worker) or legacy_head,
                 persist_head=persist_head,
                 tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
@@ -296,6 +351,18 @@ class EnclaveRuntime:
             self.tokens = TokenService(store)
             log.info("enclave initialized: mr_enclave %s", ident.mr_enclave.hex())
             return {"identity": cbor2.dumps(self.identity_claims())}
+
+    def _gauges(self, tracker: StateTracker, cache: RecordCache) -> None:
+        gauges = self.metrics.gauges
+        gauges["ekms_state_generation"] = lambda: tracker.head.generation
+        gauges["ekms_record_cache_entries"] = lambda: len(cache)
+        replicas = self.replicas
+        gauges["ekms_ready"] = lambda: 1 if replicas is None or replicas.ready else 0
+        if replicas is not None:
+            gauges["ekms_replica_id"] = lambda: replicas.replica
+            gauges["ekms_replica_peers_answering"] = lambda: sum(
+                v.generation is not None for v in replicas.views()
+            )
 
     def identity_claims(self) -> dict[str, Any]:
         ident = self.backend.identity
@@ -336,8 +403,11 @@ class EnclaveRuntime:
                     audit=audit,
                     attestation=self,
                     identity=self.identity_claims(),
-                    worker=self.config.worker,
+                    worker=self.config.chain,
                     state_head=None if self.state is None else self.state.header,
+                    replicas=self.replicas,
+                    metrics=self.metrics,
+                    refresh_state=None if self.state is None else self.state.refresh,
                 ),
                 transit_mount=self.config.transit_mount,
             )
@@ -366,6 +436,11 @@ class EnclaveRuntime:
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", self.config.listen_host, port)
         threading.Thread(target=self._renew_loop, name="tls-renewal", daemon=True).start()
+        if self.replicas is not None:
+            replicas = self.replicas
+            threading.Thread(
+                target=lambda: replicas.run(self.stopped), name="replica-quorum", daemon=True
+            ).start()
         try:
             server = self._server
             with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
@@ -412,7 +487,9 @@ class EnclaveRuntime:
         store = self.store
         if store is None or self.config.worker != 0:
             return
-        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        cert_id = self.config.scoped(
+            f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        )
         value = {"certificate": identity.certificate_pem, "quote": identity.quote}
         try:
             found = store.get("config", cert_id)
@@ -427,7 +504,9 @@ class EnclaveRuntime:
         store = self.store
         if store is None:
             raise EnclaveKMSError("enclave is not initialized")
-        cert_id = f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        cert_id = self.config.scoped(
+            f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}"
+        )
         found = store.get("config", cert_id)
         if self.config.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])
@@ -493,3 +572,9 @@ class EnclaveRuntime:
         """Give in-flight requests a moment to finish (uvicorn drains them on should_exit)."""
         if self._server is not None:
             self.server_done.wait(timeout)
+
+
+def _local_head(tracker: StateTracker) -> LocalHead:
+    """The head as the database holds it now (refusing one older than we have seen)."""
+    head = tracker.refresh()
+    return LocalHead(head.generation, head.digest)

@@ -62,6 +62,18 @@ class ServeOptions:
     storage: str | None = None  # postgresql://... or a SQLite path; default DATA_DIR/kms.sqlite
     transit_mount: str = "transit"  # the Vault/OpenBao transit face: /v1/<transit_mount>/
     cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
+    replica_id: int | None = None  # one of several replicas on one PostgreSQL database
+    peers: tuple[str, ...] = ()  # the other replicas' URLs (they confirm the state head)
+
+    def chain(self, worker: int) -> int:
+        """Worker `worker`'s audit chain: unique across every replica of the installation."""
+        return worker if self.replica_id is None else self.replica_id * MAX_WORKERS + worker
+
+    def replica_config(self, worker: int) -> dict[str, Any]:
+        """What `initialize` learns about replication (nothing for a lone server)."""
+        if self.replica_id is None:
+            return {}
+        return {"replica": self.replica_id, "chain": self.chain(worker), "peers": list(self.peers)}
 
 
 class DataDirLock:
@@ -235,14 +247,16 @@ def launch_enclave(
     relay: ChangeRelay | None = None,
     transit_mount: str = "transit",
     cert_lifetime_seconds: float | None = None,
+    replication: dict[str, Any] | None = None,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
     pycache = _private_dir(data_dir / "pycache")
+    replication = replication or {}
     ocalls = HostOcalls(
         storage,
         SimQuoting(platform),
-        chain=worker,
+        chain=int(replication.get("chain", worker)),
         on_change=None if relay is None else relay.on_change_for(worker),
     )
     enclave = EnclaveProcess(
@@ -260,6 +274,7 @@ def launch_enclave(
         "worker": worker,
         "workers": workers,
         "transit_mount": transit_mount,
+        **replication,
     }
     if cert_lifetime_seconds is not None:
         config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
@@ -316,6 +331,7 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
         )
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
+    check_replication(options)
     ensure_port_free(options.host, options.port)
     data_dir = _private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
@@ -334,7 +350,9 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
     quoting = PccsQuoting(source)
 
     def launch(worker: int, relay: ChangeRelay) -> tuple[EnclaveProcess, dict[str, Any]]:
-        ocalls = HostOcalls(storage, quoting, chain=worker, on_change=relay.on_change_for(worker))
+        ocalls = HostOcalls(
+            storage, quoting, chain=options.chain(worker), on_change=relay.on_change_for(worker)
+        )
         enclave = EnclaveProcess(
             ["gramine-sgx", "enclave-kms"],
             ocalls.handlers(),
@@ -350,6 +368,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
             "worker": worker,
             "workers": options.workers,
             "transit_mount": options.transit_mount,
+            **options.replica_config(worker),
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -366,7 +385,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
 def _open_storage(options: ServeOptions, data_dir: Path) -> Storage:
     """`--storage`, else $ENCLAVE_KMS_STORAGE, else the data directory's SQLite file."""
     spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
-    return open_storage(spec)
+    return open_storage(spec, replica=options.replica_id)
 
 
 def _serve_workers(
@@ -410,12 +429,30 @@ def _serve_workers(
     )
 
 
+def check_replication(options: ServeOptions) -> None:
+    """Replicas name each other: a replica without peers could never have its state head
+    confirmed, and peers without a replica id mean nothing."""
+    if options.replica_id is None:
+        if options.peers:
+            raise UsageError("--peer is for replicas: give this server a --replica-id too")
+        return
+    if not options.peers:
+        raise UsageError(
+            "--replica-id: name the other replicas with --peer URL (at least one; a majority "
+            "of all replicas must confirm the state before this one serves)"
+        )
+    for url in options.peers:
+        if not url.startswith("https://"):
+            raise UsageError(f"--peer {url!r}: expected https://HOST:PORT")
+
+
 def start(options: ServeOptions) -> Running:
     if options.platform != "sim":
         raise ConfigError(
             f"--platform {options.platform!r}: this function starts simulation; "
             "use start_gramine for SGX hardware"
         )
+    check_replication(options)
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
@@ -454,6 +491,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             relay=relay,
             transit_mount=options.transit_mount,
             cert_lifetime_seconds=options.cert_lifetime_seconds,
+            replication=options.replica_config(worker),
         )
 
     return _serve_workers(

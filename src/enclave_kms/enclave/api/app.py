@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enclave_kms.enclave.api import docs_page, routes_crypto, routes_keys, routes_sys
+from enclave_kms.enclave.api import docs_page, routes_crypto, routes_keys, routes_ops, routes_sys
 from enclave_kms.enclave.api.errors import (
     ERROR_RESPONSES,
     INTERNAL_MESSAGE,
@@ -57,7 +58,9 @@ from enclave_kms.enclave.api.support import (
     route_operation,
 )
 from enclave_kms.enclave.api.transit import DEFAULT_MOUNT, include_transit
+from enclave_kms.enclave.metrics import Metrics
 from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
+from enclave_kms.enclave.state.cache import request_scope
 
 __all__ = ["AppContext", "AttestationBundle", "AttestationProvider", "create_app"]
 
@@ -101,17 +104,20 @@ class AuditMiddleware:
         audit: AuditLog,
         max_body_bytes: int,
         state_head: Callable[[], str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.audit = audit
         self.max_body_bytes = max_body_bytes
         self.state_head = state_head
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
+        began = time.perf_counter()
         declared = _content_length(scope)
         slot = RequestSlot(uuid.uuid4().hex)
         slot.declared_too_large = declared is not None and declared > limit
@@ -137,6 +143,8 @@ class AuditMiddleware:
                 return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if self.metrics is not None:
+                    self.metrics.request(route_label(scope), status, time.perf_counter() - began)
                 if not await self._record(scope, slot, status):
                     refused = True
                     started = True
@@ -152,7 +160,8 @@ class AuditMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, audited_send)
+            with request_scope():  # one state-head check per request on a shared store
+                await self.app(scope, limited_receive, audited_send)
         except Exception as exc:
             if started:
                 raise
@@ -243,7 +252,7 @@ def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAP
     app.state.enclave_kms = ctx
     install_error_handlers(app)
     # Routes are matched in order: the cryptographic operations, most of the traffic, first.
-    for module in (routes_crypto, routes_keys, routes_sys):
+    for module in (routes_crypto, routes_keys, routes_sys, routes_ops):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
     app.add_middleware(
@@ -251,6 +260,7 @@ def create_app(ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT) -> FastAP
         audit=ctx.audit,
         max_body_bytes=ctx.max_body_bytes,
         state_head=ctx.state_head,
+        metrics=ctx.metrics,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_route("/docs", docs_page.endpoint(app.openapi), include_in_schema=False)

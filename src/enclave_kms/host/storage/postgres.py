@@ -59,7 +59,9 @@ _MIGRATIONS: dict[int, str] = {}
 PostgreSQL schema is version 2 (SQLite's current one), so there is nothing to migrate yet."""
 
 _SCHEMA_LOCK = 0x656B_6D73_0001  # pg_advisory_xact_lock key: one replica migrates at a time
-_SERVER_LOCK = 0x656B_6D73_0002  # pg_advisory_lock key: exclusive (lone server) or shared (replicas)
+_SERVER_LOCK = (
+    0x656B_6D73_0002  # pg_advisory_lock key: exclusive (lone server) or shared (replicas)
+)
 _REPLICA_LOCKS = 0x656B_6D73  # pg_advisory_lock(int4, int4) class: one process per replica id
 MAX_REPLICA_ID = 1023
 _CONNECT_TIMEOUT_S = 10
