@@ -344,3 +344,10 @@ class ServerError(EnclaveKMSError):
     """The remote KMS answered with a server-side failure or could not be reached."""
 
     code = "server_error"
+
+
+class ServerUnreachableError(ServerError):
+    """No connection to the server opened: the request was never sent (so another replica
+    may be asked, whatever the request: client/failover.py)."""
+
+    code = "server_unreachable"

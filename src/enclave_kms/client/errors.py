@@ -24,6 +24,7 @@ from enclave_kms.errors import (
     InvalidRequestError,
     KeyStateError,
     NotFoundError,
+    NotReadyError,
     PermissionDeniedError,
     ServerError,
     StateRollbackError,
@@ -46,6 +47,7 @@ ERROR_CODES: Final[dict[str, type[EnclaveKMSError]]] = {
     "boundary_violation": BoundaryError,
     "storage_unavailable": StorageError,
     "audit_failed": AuditError,
+    "not_ready": NotReadyError,
     # Codes produced by the framework rather than by a typed error:
     "route_not_found": NotFoundError,
     "method_not_allowed": InvalidRequestError,

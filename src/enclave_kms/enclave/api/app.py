@@ -74,6 +74,16 @@ STATE_HEADER = b"ekms-state"  # "v1 <installation> <generation> <head hash>": cl
 _DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
+def _refused_rollback(slot: RequestSlot) -> bool:
+    """A refusal because the store went back behind the state head cannot be audited into
+    that store (its head refuses the write): the refusal itself still goes out, since it
+    acknowledges nothing, and is logged."""
+    if slot.outcome != "state_rollback":
+        return False
+    logger.error("request %s refused: the store was rolled back (not audited)", slot.request_id)
+    return True
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -145,7 +155,7 @@ class AuditMiddleware:
                 status = int(message["status"])
                 if self.metrics is not None:
                     self.metrics.request(route_label(scope), status, time.perf_counter() - began)
-                if not await self._record(scope, slot, status):
+                if not await self._record(scope, slot, status) and not _refused_rollback(slot):
                     refused = True
                     started = True
                     await self._send_audit_failure(send, slot)

@@ -343,14 +343,20 @@ class StateTracker:
         went back (DESIGN §13: a live replica notices a restore of an older database).
 
         One storage read per call; the signature is checked only when the blob is not the
-        one this tracker last wrote or adopted."""
+        one this tracker last wrote or adopted. The read runs outside the lock (requests do
+        not queue behind each other's); one that looks behind is read again under the lock,
+        since a write of this server may have overtaken it in flight."""
         got = self._backend.get(*HEAD_ID)
-        if got is None:
-            raise StateRollbackError(
-                cause="head-missing", message="the state head was deleted by the host"
-            )
-        version, blob = got
         with self._lock:
+            if got is not None and got[1] == self._signed and got[0] == self._head_version:
+                return self.head
+            if got is None or got[0] < self._head_version:
+                got = self._backend.get(*HEAD_ID)  # confirm, with our writes held off
+            if got is None:
+                raise StateRollbackError(
+                    cause="head-missing", message="the state head was deleted by the host"
+                )
+            version, blob = got
             if blob == self._signed and version == self._head_version:
                 return self.head
             stored = parse_signed_head(blob, self._key.public_key())
