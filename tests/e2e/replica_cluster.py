@@ -86,20 +86,25 @@ class Cluster:
             self.wait_ready(replica)
 
     def wait_ready(self, replica: Replica, timeout: float = START_TIMEOUT) -> None:
+        self._wait(replica, "/v1/sys/ready", timeout)
+
+    def wait_up(self, replica: Replica, timeout: float = START_TIMEOUT) -> None:
+        """Serving HTTPS (ready or not: health answers before the quorum)."""
+        self._wait(replica, "/v1/health", timeout)
+
+    def _wait(self, replica: Replica, path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if replica.proc is not None and replica.proc.poll() is not None:
                 raise AssertionError(f"replica {replica.id} exited: {self.log(replica)[-2000:]}")
-            if self.ready(replica):
+            if self.answers(replica, path):
                 return
             time.sleep(0.2)
-        raise AssertionError(f"replica {replica.id} not ready: {self.log(replica)[-2000:]}")
+        raise AssertionError(f"replica {replica.id}: no 200 from {path}")
 
-    def ready(self, replica: Replica) -> bool:
+    def answers(self, replica: Replica, path: str = "/v1/sys/ready") -> bool:
         try:
-            answer = httpx.get(
-                f"{replica.url}/v1/sys/ready", verify=unverified_context(), timeout=5
-            )
+            answer = httpx.get(f"{replica.url}{path}", verify=unverified_context(), timeout=5)
         except httpx.HTTPError:
             return False
         return answer.status_code == 200
