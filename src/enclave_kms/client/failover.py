@@ -34,7 +34,7 @@ from typing import Any, Self, TypeVar
 
 from enclave_kms.client import core
 from enclave_kms.client.operations import Operations, Step, run_flow
-from enclave_kms.client.sync import KMSClient
+from enclave_kms.client.sync import KMSClient, every_key
 from enclave_kms.client.types import KeyInfo
 from enclave_kms.errors import (
     AuditError,
@@ -83,13 +83,7 @@ class FailoverKMSClient(Operations):
 
     def iter_keys(self, *, page_size: int = 100) -> Iterator[KeyInfo]:
         """Every key, page by page (each page from whichever replica answers)."""
-        after = ""
-        while True:
-            page = self.list_keys(after=after, limit=page_size)
-            yield from page.keys
-            if not page.next_after:
-                return
-            after = page.next_after
+        return every_key(self.list_keys, page_size)
 
     @property
     def urls(self) -> list[str]:
