@@ -353,6 +353,13 @@ class StorageError(KMSError):
     code = "storage_unavailable"
 
 
+class NotReadyError(KMSError):
+    """A replica has not (yet) had the latest state confirmed by a majority of its peers, or
+    found its database behind them: it serves nothing until it has (docs/replicas.md)."""
+
+    code = "not_ready"
+
+
 class AuditError(KMSError):
     """The audit record could not be appended, or an audit chain does not verify."""
 
@@ -420,3 +427,10 @@ class ServerError(EnclaveKMSError):
     """The remote KMS answered with a server-side failure or could not be reached."""
 
     code = "server_error"
+
+
+class ServerUnreachableError(ServerError):
+    """No connection to the server opened: the request was never sent (so another replica
+    may be asked, whatever the request: client/failover.py)."""
+
+    code = "server_unreachable"

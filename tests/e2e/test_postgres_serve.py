@@ -87,7 +87,7 @@ def test_a_second_server_on_the_same_database_is_refused(
     kms: Server, pg: PostgresServer, tmp_path: Path
 ) -> None:
     with (
-        pytest.raises(ConfigError, match="in use by another enclave-kms server"),
+        pytest.raises(ConfigError, match="in use by other enclave-kms servers"),
         served(tmp_path / "other", storage=pg.url, init=False),
     ):
         pass

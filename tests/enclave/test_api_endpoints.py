@@ -512,7 +512,7 @@ def test_openapi_documents_operations_and_our_errors(world: World) -> None:
     schema = _ok(world.client.get("/openapi.json"))
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     operations = [op for item in schema["paths"].values() for op in item.values()]
-    assert len(operations) == 43  # 4 key release, 3 recovery, 4 replica policy and join
+    assert len(operations) == 46  # 4 key release, 3 recovery, 4 replica join, 3 ready/replicas
     for op in operations:
         assert "x-operation" in op
         assert "422" not in op["responses"]

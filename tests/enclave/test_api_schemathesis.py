@@ -134,7 +134,7 @@ def test_no_server_errors(st_world: World, api_schema: Any, mode: GenerationMode
     failures: list[str] = []
     statuses: Counter[int] = Counter()
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 43  # 4 key release, 3 recovery, 4 replicas (404 here)
+    assert len(operations) == 46  # 4 key release, 3 recovery, 7 replicas (join: 404 here)
 
     for operation in operations:
 

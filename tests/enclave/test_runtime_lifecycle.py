@@ -44,6 +44,7 @@ def config() -> bytes:
     replicas, custody/service.py)."""
     return cbor2.dumps({"platform": "sim", "platform_dir": _SIM_DIR["dir"]})
 
+
 Runtime = Callable[[], EnclaveRuntime]
 
 

@@ -73,7 +73,7 @@ def test_the_url_connect_timeout_bounds_the_wait_for_a_connection() -> None:
 def test_one_server_per_database(pg: PostgresServer) -> None:
     url = fresh_database(pg)
     first = PostgresStorage(url)
-    with pytest.raises(ConfigError, match="in use by another enclave-kms server"):
+    with pytest.raises(ConfigError, match="in use by other enclave-kms servers"):
         PostgresStorage(url)
     first.close()
     PostgresStorage(url).close()  # the lock went with the first server's session
@@ -105,3 +105,45 @@ def test_open_storage_takes_a_url_or_a_path(tmp_path: Path, pg: PostgresServer) 
     with pytest.raises(ConfigError):
         open_storage("mysql://x@y/z")
     assert redact("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
+
+
+def test_replicas_share_a_database_but_not_a_replica_id(pg: PostgresServer) -> None:
+    url = fresh_database(pg)
+    a, b = PostgresStorage(url, replica=1), PostgresStorage(url, replica=2)
+    assert a.put("key", "k", 0, b"1")
+    assert b.put("key", "k", 1, b"2")
+    with pytest.raises(ConfigError, match="replica id 1 is already serving"):
+        PostgresStorage(url, replica=1)
+    with pytest.raises(ConfigError, match="in use by other enclave-kms servers"):
+        PostgresStorage(url)  # a lone server next to replicas would cache stale records
+    a.close()
+    b.close()
+    lone = PostgresStorage(url)
+    with pytest.raises(ConfigError, match=r"a lone .* server holds the database"):
+        PostgresStorage(url, replica=3)
+    lone.close()
+    PostgresStorage(url, replica=1).close()  # every lock went with the sessions
+    with pytest.raises(ConfigError, match="between 0 and"):
+        PostgresStorage(url, replica=-1)
+    with pytest.raises(ConfigError, match="SQLite file serves one server"):
+        open_storage("/tmp/never.sqlite", replica=1)
+
+
+def test_a_replica_whose_id_was_taken_over_stops_writing(pg: PostgresServer) -> None:
+    url = fresh_database(pg)
+    name = url.rsplit("/", 1)[1]
+    first, other = PostgresStorage(url, replica=1), PostgresStorage(url, replica=2)
+    assert first.put("key", "a", 0, b"1")
+    # replica 1's session is lost (a split) and a new process takes replica id 1
+    pg.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND objsubid = 2 AND objid = 1",
+        db=name,
+    )
+    second = PostgresStorage(url, replica=1)
+    assert second.put("key", "b", 0, b"2")
+    with pytest.raises(StorageError, match="another enclave-kms server"):
+        first.put("key", "c", 0, b"3")
+    assert other.put("key", "d", 0, b"4")  # the other replica id is not fenced
+    for db in (first, second, other):
+        db.close()

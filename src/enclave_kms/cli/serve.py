@@ -79,7 +79,8 @@ def serve(
     storage: str | None = typer.Option(
         None,
         help="Where records and the audit log live: postgresql://USER@HOST:PORT/DB or a SQLite "
-        "file (default DATA_DIR/kms.sqlite; env ENCLAVE_KMS_STORAGE). One server per database.",
+        "file (default DATA_DIR/kms.sqlite; env ENCLAVE_KMS_STORAGE). One server per database, "
+        "or several replicas (--replica-id).",
         show_default=False,
     ),
     workers: int = typer.Option(
@@ -104,6 +105,18 @@ def serve(
         "--recovery",
         help="If this CPU cannot unseal the storage root key (every replica lost), serve only "
         "k-of-n recovery until k officers submit their shares (docs/replicas.md).",
+    ),
+    replica_id: int | None = typer.Option(
+        None,
+        help="Serve as replica N (0-1023, distinct and stable per replica) of several on one "
+        "PostgreSQL database (docs/replicas.md).",
+        show_default=False,
+    ),
+    peer: list[str] = typer.Option(
+        [],
+        help="Replicas: another replica's URL (repeat); a majority of the replicas must "
+        "confirm the latest state before this one serves.",
+        show_default=False,
     ),
 ) -> None:
     """Start the KMS: the enclave serves HTTPS itself; this host process only moves bytes."""
@@ -132,6 +145,8 @@ def serve(
         transit_mount=transit_mount,
         recovery=recovery,
         join_url=join,
+        replica_id=replica_id,
+        peers=tuple(peer),
     )
     with console.status("starting the enclave (measuring and loading the image)…"):
         running = start(options) if platform == "sim" else start_gramine(options)
@@ -143,6 +158,11 @@ def serve(
         console.print(
             "  [yellow]RECOVERY MODE[/yellow]: serving only /v1/sys/recovery until k officers "
             f"run `enclave-kms recovery submit --url {running.url} ...`"
+        )
+    if replica_id is not None:
+        console.print(
+            f"  replica {replica_id}; ready once a majority confirms the state: "
+            f"{running.url}/v1/sys/ready"
         )
     console.print(f"  MRENCLAVE   {ident['mr_enclave']}")
     console.print(f"  MRSIGNER    {ident['mr_signer']}")

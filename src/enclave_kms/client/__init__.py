@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enclave_kms.client.aio import AsyncKMSClient
 from enclave_kms.client.attest import AttestationSettings, AttestedServer
+from enclave_kms.client.failover import FailoverKMSClient
 from enclave_kms.client.sync import KMSClient
 from enclave_kms.client.types import (
     AuditHead,
@@ -35,6 +36,7 @@ __all__ = [
     "BatchItem",
     "DataKey",
     "ExportedKey",
+    "FailoverKMSClient",
     "Health",
     "IssuedToken",
     "KMSClient",

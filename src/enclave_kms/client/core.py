@@ -50,7 +50,12 @@ from enclave_kms.client.types import (
     TokenPage,
     TokenPolicy,
 )
-from enclave_kms.errors import InvalidRequestError, ServerError, UsageError
+from enclave_kms.errors import (
+    InvalidRequestError,
+    ServerError,
+    ServerUnreachableError,
+    UsageError,
+)
 from enclave_kms.wire import RETRYABLE_CODES
 
 T = TypeVar("T")
@@ -509,10 +514,12 @@ def retry_transport(call: Call[Any], exc: httpx.TransportError) -> bool:
 
 
 def transport_error(call: Call[Any], exc: httpx.TransportError, base: str) -> ServerError:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ServerUnreachableError(f"cannot reach {base} (connection timed out)")
     if isinstance(exc, httpx.TimeoutException):
         return ServerError(f"{call.method} {call.path}: {base} did not answer in time")
     if isinstance(exc, httpx.ConnectError):
-        return ServerError(f"cannot reach {base} ({type(exc).__name__})")
+        return ServerUnreachableError(f"cannot reach {base} ({type(exc).__name__})")
     return ServerError(
         f"{call.method} {call.path}: connection to {base} failed ({type(exc).__name__})"
     )

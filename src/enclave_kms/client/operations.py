@@ -35,6 +35,7 @@ from enclave_kms.errors import EnclaveKMSError
 
 if TYPE_CHECKING:
     from enclave_kms.client.aio import AsyncKMSClient
+    from enclave_kms.client.failover import FailoverKMSClient
     from enclave_kms.client.sync import KMSClient
 
 P = ParamSpec("P")
@@ -77,7 +78,7 @@ class Operation(Generic[P, T]):
         self, obj: AsyncKMSClient, owner: type[Any]
     ) -> Callable[P, Coroutine[Any, Any, T]]: ...
     @overload
-    def __get__(self, obj: KMSClient, owner: type[Any]) -> Callable[P, T]: ...
+    def __get__(self, obj: KMSClient | FailoverKMSClient, owner: type[Any]) -> Callable[P, T]: ...
     def __get__(self, obj: Any, owner: type[Any]) -> Any:
         if obj is None:
             return self

@@ -23,7 +23,12 @@ from enclave_kms.client import core
 from enclave_kms.client.attest import AttestationSettings, AttestedServer
 from enclave_kms.client.errors import error_for_response
 from enclave_kms.client.tls import Endpoint, is_pin_failure, pinned_context
-from enclave_kms.errors import AttestationError, ServerError, UnauthenticatedError
+from enclave_kms.errors import (
+    AttestationError,
+    ServerError,
+    ServerUnreachableError,
+    UnauthenticatedError,
+)
 
 log = logging.getLogger("enclave_kms.client")
 USER_AGENT = "enclave-kms-client/1"
@@ -199,7 +204,7 @@ def attestation_fetch_error(exc: httpx.TransportError, base: str) -> Exception:
         return AttestationError(
             "the server changed its certificate during attestation", step="liveness"
         )
-    return ServerError(f"cannot fetch attestation from {base}")
+    return ServerUnreachableError(f"cannot fetch attestation from {base}")
 
 
 def attestation_document(status: int, content: bytes) -> Any:

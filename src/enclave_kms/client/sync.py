@@ -23,7 +23,7 @@ from enclave_kms.client.attest import AttestedServer
 from enclave_kms.client.operations import Operations, Step, run_flow
 from enclave_kms.client.session import REATTEST, USER_AGENT
 from enclave_kms.client.tls import peer_certificate
-from enclave_kms.client.types import KeyInfo
+from enclave_kms.client.types import KeyInfo, KeyPage
 
 __all__ = ["USER_AGENT", "KMSClient"]
 
@@ -137,10 +137,15 @@ class KMSClient(Operations):
                 self._attest()
 
     def iter_keys(self, *, page_size: int = 100) -> Iterator[KeyInfo]:
-        after = ""
-        while True:
-            page = self.list_keys(after=after, limit=page_size)
-            yield from page.keys
-            if not page.next_after:
-                return
-            after = page.next_after
+        return every_key(self.list_keys, page_size)
+
+
+def every_key(list_keys: Callable[..., KeyPage], page_size: int) -> Iterator[KeyInfo]:
+    """Every key, page by page through a blocking `list_keys` (one replica or several)."""
+    after = ""
+    while True:
+        page = list_keys(after=after, limit=page_size)
+        yield from page.keys
+        if not page.next_after:
+            return
+        after = page.next_after

@@ -17,7 +17,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from enclave_kms.errors import ConfigError, ServerError
+from enclave_kms.errors import ConfigError, ServerError, ServerUnreachableError
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def pinned_context(certificate_pem: str) -> ssl.SSLContext:
 
 def _unreachable(endpoint: Endpoint, exc: BaseException) -> ServerError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-    return ServerError(f"cannot reach {endpoint.base}: {reason}")
+    return ServerUnreachableError(f"cannot reach {endpoint.base}: {reason}")
 
 
 def peer_certificate(endpoint: Endpoint, *, timeout: float) -> bytes:

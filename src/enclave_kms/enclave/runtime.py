@@ -48,6 +48,8 @@ from enclave_kms.enclave.custody.shares import Custody, SetStore
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
+from enclave_kms.enclave.metrics import Metrics, TimedBackend
+from enclave_kms.enclave.replicas import LocalHead, ReplicaSet
 from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
 from enclave_kms.enclave.state.head import HEAD_ID, StateTracker
@@ -86,6 +88,9 @@ class RuntimeConfig:
     channel: dict[str, Any] = field(default_factory=dict)
     worker: int = 0  # several workers serve one store and port: this one's number
     workers: int = 1
+    replica_id: int | None = None  # replicas on one PostgreSQL database (docs/replicas.md)
+    chain: int = 0  # this worker's audit chain: unique across the replicas of an installation
+    peers: tuple[str, ...] = ()  # the other replicas' URLs, asked to confirm the state head
     transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
     cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
     recovery: bool = False  # may enter k-of-n recovery if the SRK does not unseal (custody/)
@@ -108,6 +113,9 @@ class RuntimeConfig:
                 channel=dict(raw.get("channel") or {}),
                 worker=int(raw.get("worker", 0)),
                 workers=int(raw.get("workers", 1)),
+                replica_id=_optional_int(raw.get("replica_id")),
+                chain=int(raw.get("chain") or raw.get("worker") or 0),
+                peers=tuple(str(p) for p in raw.get("peers") or ()),
                 transit_mount=str(raw.get("transit_mount", "transit")),
                 recovery=raw.get("recovery") is True,
                 cert_lifetime=tls.bounded_lifetime(
@@ -117,6 +125,23 @@ class RuntimeConfig:
             )
         except (TypeError, ValueError):
             raise ConfigError("initialize: config fields have the wrong types") from None
+
+    @property
+    def replicated(self) -> bool:
+        return self.replica_id is not None
+
+    def scoped(self, name: str) -> str:
+        """A per-replica record name: replicas on one store each seal their own TLS key
+        (to their own CPU) and issue their own certificate; a lone server keeps the name."""
+        return name if self.replica_id is None else f"{name}-r{self.replica_id}"
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
 
 
 def _shared_port_socket(host: str, port: int) -> socket.socket:
@@ -194,7 +219,9 @@ class Initialized:
 
     def certificate_id(self) -> str:
         """The sealed record holding this build's RA-TLS certificate (shared by workers)."""
-        return f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{_here(self.config)}"
+        return self.config.scoped(
+            f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{_here(self.config)}"
+        )
 
 
 class EnclaveRuntime:
@@ -214,9 +241,12 @@ class EnclaveRuntime:
         self._state_lock = threading.Lock()
         self.stopped = threading.Event()
         self.server_done = threading.Event()
+        self.metrics = Metrics()
+        self.quorum: ReplicaSet | None = None  # replicas: the peers confirm the state head
+        self._storage = TimedBackend(self.host, self.metrics)
         self.identity: tls.TlsIdentity | None = None
         self.channel = ChannelEcalls(self._channel_side)
-        self.replicas = ReplicaCustody(self.host)  # the replica policy, joins (custody/)
+        self.joins = ReplicaCustody(self.host)  # the replica policy and joins (custody/)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -310,7 +340,13 @@ class EnclaveRuntime:
                     cause="audit-key-missing", message="the host dropped the audit key"
                 )
         audit_key = tls.key_from_der(found.value)
-        tracker = StateTracker(self.host, srk, audit_key, worker=cfg.worker, exact=cfg.workers == 1)
+        tracker = StateTracker(
+            self._storage,
+            srk,
+            audit_key,
+            worker=cfg.chain,
+            exact=cfg.workers == 1 and not cfg.replicated,
+        )
         marker_value = None if marker is None else marker.value
         legacy = isinstance(marker_value, dict) and not marker_value.get("state_head")
 
@@ -323,10 +359,10 @@ class EnclaveRuntime:
 
         tracker.open(allow_create=allow_create)
         store.track(tracker)
-        head_id = "audit-head" if cfg.worker == 0 else f"audit-head-{cfg.worker}"
+        head_id = "audit-head" if cfg.chain == 0 else f"audit-head-{cfg.chain}"
         legacy_head = None
         old = store.get("config", head_id)
-        if old is not None and old.value is not None and tracker.audit_head(cfg.worker) is None:
+        if old is not None and old.value is not None and tracker.audit_head(cfg.chain) is None:
             legacy_head = (int(old.value[0]), bytes(old.value[1]))
         if legacy and marker is not None and isinstance(marker_value, dict):
             store.put(*INIT_MARKER, marker.version, {**marker_value, "state_head": 1})
@@ -344,7 +380,7 @@ class EnclaveRuntime:
             ident = backend.identity
             tls_der = self._sealed_secret(
                 backend,
-                f"tls-key-{ident.mr_enclave.hex()[:32]}{_here(cfg)}",
+                cfg.scoped(f"tls-key-{ident.mr_enclave.hex()[:32]}{_here(cfg)}"),
                 KeyPolicy.MRENCLAVE,
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
@@ -372,7 +408,7 @@ class EnclaveRuntime:
             self.recovery = self._start_recovery(booted)
             return None
         try:
-            return self.replicas.storage_root_key(
+            return self.joins.storage_root_key(
                 backend,
                 cfg.replica,
                 platform=cfg.platform,
@@ -407,24 +443,43 @@ class EnclaveRuntime:
         an error (nothing is kept half set up). None for a one-shot join (`replicas join`):
         the key is sealed here, nothing is served."""
         cfg, srk = booted.config, found.srk
-        store = RecordStore(self.host, RecordCipher(srk), cache=RecordCache())
+        # Replicas share the store with other servers: each request checks what it uses
+        # against the state head first (store.py, `RecordStore.shared`).
+        if cfg.replicated and not cfg.peers:
+            raise ConfigError("initialize: a replica needs the URLs of its peers")
+        cache = RecordCache()
+        store = RecordStore(self._storage, RecordCipher(srk), cache=cache, shared=cfg.replicated)
         audit_key, tracker, legacy_head = self._open_state(store, srk, cfg)
-        self.replicas.open(found, store, booted.backend, cfg.replica, self.quote_for)
+        self.joins.open(found, store, booted.backend, cfg.replica, self.quote_for)
         if cfg.replica.join_only:
             return None
-        worker = cfg.worker
+        worker = cfg.chain
+        if cfg.replica_id is not None:
+            self.quorum = ReplicaSet(
+                replica=cfg.replica_id,
+                peers=cfg.peers,
+                installation=tracker.installation,
+                signing_key=audit_key,
+                local_head=lambda: _local_head(tracker),
+            )
+        self._gauges(tracker, cache)
+        metrics, append = self.metrics, self.host.audit_append
+
+        def audit_append(records: list[bytes]) -> None:
+            metrics.audit_batch(len(records))
+            append(records)
 
         def persist_head(seq: int, prev: bytes) -> None:
             tracker.audit_advanced(worker, seq, prev)
 
         audit = AuditLog(
             audit_key,
-            self.host.audit_append,
+            audit_append,
             head=tracker.audit_head(worker) or legacy_head,
             persist_head=persist_head,
             tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
         )
-        self.replicas.audit_join(audit)
+        self.joins.audit_join(audit)
         kms = KMSService(store)
         host = self.host
         return Initialized(
@@ -465,6 +520,18 @@ class EnclaveRuntime:
             if self._app is not None:
                 self._app.app = self._api()
         log.warning("storage root key restored by k-of-n recovery and sealed to this CPU")
+
+    def _gauges(self, tracker: StateTracker, cache: RecordCache) -> None:
+        gauges = self.metrics.gauges
+        gauges["ekms_state_generation"] = lambda: tracker.head.generation
+        gauges["ekms_record_cache_entries"] = lambda: len(cache)
+        replicas = self.quorum
+        gauges["ekms_ready"] = lambda: 1 if replicas is None or replicas.ready else 0
+        if replicas is not None:
+            gauges["ekms_replica_id"] = lambda: replicas.replica
+            gauges["ekms_replica_peers_answering"] = lambda: sum(
+                v.generation is not None for v in replicas.views()
+            )
 
     def identity_claims(self) -> dict[str, Any]:
         ready = self.booted()
@@ -527,6 +594,11 @@ class EnclaveRuntime:
             self._server = uvicorn.Server(server_config)
         log.info("serving HTTPS on %s:%d", cfg.listen_host, port)
         threading.Thread(target=self._renew_loop, name="tls-renewal", daemon=True).start()
+        if self.quorum is not None:
+            replicas = self.quorum
+            threading.Thread(
+                target=lambda: replicas.run(self.stopped), name="replica-quorum", daemon=True
+            ).start()
         try:
             server = self._server
             with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
@@ -544,11 +616,14 @@ class EnclaveRuntime:
             audit=ready.audit,
             attestation=self,
             identity=self.identity_claims(),
-            worker=cfg.worker,
+            worker=cfg.chain,
             state_head=ready.state.header,
             release=ready.release,
             custody=ready.custody,
-            replicas=self.replicas,
+            joins=self.joins,
+            replicas=self.quorum,
+            metrics=self.metrics,
+            refresh_state=ready.state.refresh,
         )
         return create_app(context, transit_mount=cfg.transit_mount)
 
@@ -604,7 +679,9 @@ class EnclaveRuntime:
         workers serve that same certificate (same build, hence the same sealed TLS key), so a
         client that pinned it sees one server whichever worker its connection reaches."""
         key, cfg, ready = booted.tls_key, booted.config, self._initialized
-        cert_id = f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}{_here(cfg)}"
+        cert_id = cfg.scoped(
+            f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}{_here(cfg)}"
+        )
         found = None if ready is None else ready.store.get("config", cert_id)  # None: recovery
         if cfg.worker > 0 and found is not None:
             shared = tls.identity_for(key, found.value["certificate"], found.value["quote"])
@@ -672,3 +749,9 @@ class EnclaveRuntime:
         """Give in-flight requests a moment to finish (uvicorn drains them on should_exit)."""
         if self._server is not None:
             self.server_done.wait(timeout)
+
+
+def _local_head(tracker: StateTracker) -> LocalHead:
+    """The head as the database holds it now (refusing one older than we have seen)."""
+    head = tracker.refresh()
+    return LocalHead(head.generation, head.digest)

@@ -69,6 +69,22 @@ class ServeOptions:
     cert_lifetime_seconds: float | None = None  # RA-TLS certificate; the enclave bounds it
     recovery: bool = False  # k-of-n recovery if this CPU cannot unseal the storage root key
     join_url: str | None = None  # a running replica to get the storage root key from
+    replica_id: int | None = None  # one of several replicas on one PostgreSQL database
+    peers: tuple[str, ...] = ()  # the other replicas' URLs (they confirm the state head)
+
+    def chain(self, worker: int) -> int:
+        """Worker `worker`'s audit chain: unique across every replica of the installation."""
+        return worker if self.replica_id is None else self.replica_id * MAX_WORKERS + worker
+
+    def replica_config(self, worker: int) -> dict[str, Any]:
+        """What `initialize` learns about replication (nothing for a lone server)."""
+        if self.replica_id is None:
+            return {}
+        return {
+            "replica_id": self.replica_id,
+            "chain": self.chain(worker),
+            "peers": list(self.peers),
+        }
 
 
 class DataDirLock:
@@ -250,14 +266,16 @@ def launch_enclave(
     recovery: bool = False,
     join_url: str | None = None,
     join_only: bool = False,
+    replication: dict[str, Any] | None = None,
 ) -> tuple[EnclaveProcess, dict[str, Any]]:
     """Start an enclave process for `image` and run its `initialize` ECALL (as worker
     `worker` of `workers`, its writes relayed to the others through `relay`)."""
     pycache = private_dir(data_dir / "pycache")
+    replication = replication or {}
     ocalls = HostOcalls(
         storage,
         SimQuoting(platform),
-        chain=worker,
+        chain=int(replication.get("chain", worker)),
         on_change=None if relay is None else relay.on_change_for(worker),
         join_url=join_url,
     )
@@ -280,6 +298,7 @@ def launch_enclave(
         "replica": replica_settings(
             platform.config.platform_instance_id.hex()[:16], join_url, join_only
         ),
+        **replication,
     }
     if cert_lifetime_seconds is not None:
         config["cert_lifetime_seconds"] = float(cert_lifetime_seconds)
@@ -353,6 +372,7 @@ def start_gramine(options: ServeOptions) -> GramineRunning:
         )
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
+    check_replication(options)
     ensure_port_free(options.host, options.port)
     data_dir = private_dir(options.data_dir)
     lock = DataDirLock(data_dir)
@@ -374,7 +394,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
         ocalls = HostOcalls(
             storage,
             quoting,
-            chain=worker,
+            chain=options.chain(worker),
             on_change=relay.on_change_for(worker),
             join_url=options.join_url,
         )
@@ -395,6 +415,7 @@ def _start_gramine(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> 
             "transit_mount": options.transit_mount,
             "recovery": options.recovery,
             "replica": replica_settings(gramine_platform_id(), options.join_url, False),
+            **options.replica_config(worker),
         }
         try:
             reply = enclave.call("initialize", config=cbor2.dumps(config), timeout=300)
@@ -413,7 +434,7 @@ def open_configured_storage(
 ) -> Storage:
     """`--storage`, else $ENCLAVE_KMS_STORAGE, else the data directory's SQLite file."""
     spec = options.storage or os.environ.get(STORAGE_ENV) or str(data_dir / "kms.sqlite")
-    return open_storage(spec, exclusive=exclusive)
+    return open_storage(spec, exclusive=exclusive, replica=options.replica_id)
 
 
 def _serve_workers(
@@ -457,12 +478,30 @@ def _serve_workers(
     )
 
 
+def check_replication(options: ServeOptions) -> None:
+    """Replicas name each other: a replica without peers could never have its state head
+    confirmed, and peers without a replica id mean nothing."""
+    if options.replica_id is None:
+        if options.peers:
+            raise UsageError("--peer is for replicas: give this server a --replica-id too")
+        return
+    if not options.peers:
+        raise UsageError(
+            "--replica-id: name the other replicas with --peer URL (at least one; a majority "
+            "of all replicas must confirm the state before this one serves)"
+        )
+    for url in options.peers:
+        if not url.startswith("https://"):
+            raise UsageError(f"--peer {url!r}: expected https://HOST:PORT")
+
+
 def start(options: ServeOptions) -> Running:
     if options.platform != "sim":
         raise ConfigError(
             f"--platform {options.platform!r}: this function starts simulation; "
             "use start_gramine for SGX hardware"
         )
+    check_replication(options)
     if not 1 <= options.workers <= MAX_WORKERS:
         raise UsageError(f"--workers: between 1 and {MAX_WORKERS}")
     ensure_port_free(options.host, options.port)
@@ -511,6 +550,7 @@ def _start_sim(options: ServeOptions, data_dir: Path, lock: DataDirLock) -> Runn
             cert_lifetime_seconds=options.cert_lifetime_seconds,
             recovery=options.recovery,
             join_url=options.join_url,
+            replication=options.replica_config(worker),
         )
 
     return _serve_workers(

@@ -45,6 +45,7 @@ from enclave_kms.errors import (
     NonceError,
     NoReleasePolicyError,
     NotFoundError,
+    NotReadyError,
     PermissionDeniedError,
     PlatformError,
     RecoveryDuplicateError,
@@ -137,6 +138,7 @@ ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
     ErrorCode("boundary_violation", 502, BoundaryError, (BoundaryError,)),
     ErrorCode("storage_unavailable", 503, StorageError, (StorageError,)),
     ErrorCode("audit_failed", 503, AuditError, (AuditError,)),
+    ErrorCode("not_ready", 503, NotReadyError, (NotReadyError,)),
     # The server could not produce evidence: a server failure for the client.
     ErrorCode("attestation_unavailable", 503, ServerError, (PlatformError, AttestationError)),
     # Produced by the HTTP layer rather than by a typed error:
@@ -324,6 +326,47 @@ class ReplicaJoin:
 
     sealed_key: str
     quote: str
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """`GET /v1/sys/ready` (200 only once this server may serve)."""
+
+    ready: bool
+    replica: Annotated[int | None, Doc("this server's replica id (None: a lone server)")]
+    generation: Annotated[int, Doc("the state generation the database holds now")]
+
+
+@dataclass(frozen=True)
+class StateConfirmation:
+    """`POST /v1/sys/replicas/confirm`: a replica's state head, signed over the asker's nonce."""
+
+    replica: int
+    generation: int
+    head: Annotated[str, Doc("hex SHA-256 of the signed state head body")]
+    signature: Annotated[str, Doc("hex ECDSA P-256 (audit key) over the confirmation")]
+
+
+@dataclass(frozen=True)
+class PeerView:
+    url: str
+    replica: int | None
+    generation: Annotated[int | None, Doc("highest state generation it has seen")]
+    lag: Annotated[int | None, Doc("this replica's generation minus the peer's")]
+    reachable: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaSetView:
+    """`GET /v1/sys/replicas` (admin): this replica and each peer as it answers now."""
+
+    replica: int | None
+    generation: int
+    ready: bool
+    reason: Annotated[str, Doc("why not ready (empty when ready)")]
+    needed: Annotated[int, Doc("peer confirmations needed to serve")]
+    peers: tuple[PeerView, ...]
 
 
 @dataclass(frozen=True)

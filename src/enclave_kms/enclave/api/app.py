@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ from enclave_kms.enclave.api import (
     docs_page,
     routes_crypto,
     routes_keys,
+    routes_ops,
     routes_recovery,
     routes_release,
     routes_replicas,
@@ -66,7 +68,9 @@ from enclave_kms.enclave.api.support import (
     route_operation,
 )
 from enclave_kms.enclave.api.transit import DEFAULT_MOUNT, include_transit
+from enclave_kms.enclave.metrics import Metrics
 from enclave_kms.enclave.state.audit import AuditEvent, AuditLog
+from enclave_kms.enclave.state.cache import request_scope
 
 __all__ = ["AppContext", "AttestationBundle", "AttestationProvider", "create_app"]
 
@@ -78,6 +82,16 @@ AUDIT_FAILED_MESSAGE = "audit log unavailable: operation not acknowledged"
 _JSON = (b"content-type", b"application/json")
 STATE_HEADER = b"ekms-state"  # "v1 <installation> <generation> <head hash>": client/state_head.py
 _DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+
+def _refused_rollback(slot: RequestSlot) -> bool:
+    """A refusal because the store went back behind the state head cannot be audited into
+    that store (its head refuses the write): the refusal itself still goes out, since it
+    acknowledges nothing, and is logged."""
+    if slot.outcome != "state_rollback":
+        return False
+    logger.error("request %s refused: the store was rolled back (not audited)", slot.request_id)
+    return True
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -110,17 +124,20 @@ class AuditMiddleware:
         audit: AuditLog,
         max_body_bytes: int,
         state_head: Callable[[], str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.audit = audit
         self.max_body_bytes = max_body_bytes
         self.state_head = state_head
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
+        began = time.perf_counter()
         declared = _content_length(scope)
         slot = RequestSlot(uuid.uuid4().hex)
         slot.declared_too_large = declared is not None and declared > limit
@@ -146,7 +163,9 @@ class AuditMiddleware:
                 return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                if not await self._record(scope, slot, status):
+                if self.metrics is not None:
+                    self.metrics.request(route_label(scope), status, time.perf_counter() - began)
+                if not await self._record(scope, slot, status) and not _refused_rollback(slot):
                     refused = True
                     started = True
                     await self._send_audit_failure(send, slot)
@@ -161,7 +180,8 @@ class AuditMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, audited_send)
+            with request_scope():  # one state-head check per request on a shared store
+                await self.app(scope, limited_receive, audited_send)
         except Exception as exc:
             if started:
                 raise
@@ -264,6 +284,7 @@ def create_app(
         routes_sys,
         routes_recovery,
         routes_replicas,
+        routes_ops,
     ):
         app.include_router(module.router(), responses=ERROR_RESPONSES)
     include_transit(app, transit_mount)  # DESIGN §16: the Vault/OpenBao transit face
@@ -274,6 +295,7 @@ def create_app(
         audit=ctx.audit,
         max_body_bytes=ctx.max_body_bytes,
         state_head=ctx.state_head,
+        metrics=ctx.metrics,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_route("/docs", docs_page.endpoint(app.openapi), include_in_schema=False)

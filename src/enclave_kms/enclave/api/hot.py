@@ -99,6 +99,8 @@ class HotPath:
         slot.op = entry.op
         slot.set_target(name)
         try:
+            if self.ctx.replicas is not None:  # as AuditedRoute: a replica serves once ready
+                self.ctx.replicas.require_ready()
             authorization = [
                 v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"
             ]

@@ -41,7 +41,7 @@ class JoinIn(In):
 
 
 def _custody(request: Request) -> Custody:
-    custody = app_context(request).replicas
+    custody = app_context(request).joins
     if custody is None or custody.policies is None or custody.responder is None:
         raise NotFoundError("this server does not serve replicas")
     return custody

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 from fastapi import APIRouter, Request, Response
+from fastapi.datastructures import Default
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +28,8 @@ from enclave_kms.enclave.custody.service import Custody as ReplicaCustody
 from enclave_kms.enclave.custody.shares import Custody
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
+from enclave_kms.enclave.metrics import Metrics
+from enclave_kms.enclave.replicas import ReplicaSet
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import WouldBlock, memory_only
 from enclave_kms.enclave.state.tokens import Principal, TokenService
@@ -40,6 +44,11 @@ X_PERMISSION: Final = "x-permission"
 MAX_TARGET = 128
 BODY_KEYED: Final = frozenset({"keys.create", "keys.import"})
 """Audit operations whose key name is in the body: authorized by the route function."""
+BEFORE_READY: Final = frozenset(
+    {"sys.health", "sys.ready", "sys.attestation", "sys.metrics", "sys.replicas.confirm"}
+)
+"""What a replica answers before a majority has confirmed its state (enclave/replicas.py):
+nothing that reads or writes keys or tokens."""
 
 
 # --------------------------------------------------------------------------- the context
@@ -72,7 +81,10 @@ class AppContext:
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
     release: ReleaseService | None = None  # key release to attested workloads (DESIGN §15)
     custody: Custody | None = None  # k-of-n recovery of the storage root key (routes_recovery)
-    replicas: ReplicaCustody | None = None  # the replica policy and the peer side of joins
+    joins: ReplicaCustody | None = None  # the replica policy and the peer side of joins
+    replicas: ReplicaSet | None = None  # replicas only: readiness and the peers' answers
+    metrics: Metrics | None = None
+    refresh_state: Callable[[], object] | None = None  # readiness: the store answers, not behind
 
 
 def app_context(request: Request) -> AppContext:
@@ -171,6 +183,9 @@ class AuditedRoute(APIRoute):
             slot.op = op
             path_key = request.path_params.get("name")
             slot.set_target(path_key if path_key is not None else request.path_params.get("id"))
+            replicas = app_context(request).replicas
+            if replicas is not None and op not in BEFORE_READY:
+                replicas.require_ready()
             if permission is not None:
                 tokens = app_context(request).tokens
                 principal = await run_inline(tokens.authenticate, self.token(request))
@@ -235,6 +250,8 @@ def add_route(
     summary: str | None = None,
     exclude_none: bool = False,
     inline: bool = False,
+    response_class: type[Response] | None = None,
+    include_in_schema: bool = True,
 ) -> None:
     """Declare one route with its audit operation and the token permission it needs.
 
@@ -254,6 +271,8 @@ def add_route(
         summary=summary,
         openapi_extra=extra,
         response_model_exclude_none=exclude_none,
+        include_in_schema=include_in_schema,
+        response_class=Default(JSONResponse) if response_class is None else response_class,
     )
 
 

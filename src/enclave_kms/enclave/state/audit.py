@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_kms.errors import AuditError, StateRollbackError
+from enclave_kms.errors import AuditError, EnclaveKMSError, StateRollbackError
 
 GENESIS_PREV = bytes(32)
 MAX_BATCH = 1024  # records per audit_append OCALL (the EDL allows 4096)
@@ -261,7 +261,9 @@ class AuditLog:
                 seq, prev = self._next_seq, self._prev
             try:
                 seq, prev = self._write(batch, seq, prev)
-            except Exception:  # noqa: BLE001 - any failure refuses the batch, fail closed
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the batch, fail closed
+                reason = exc.message if isinstance(exc, EnclaveKMSError) else type(exc).__name__
+                log.error("audit batch of %d refused: %s", len(batch), reason)
                 self._fail()
                 continue
             with self._cond:

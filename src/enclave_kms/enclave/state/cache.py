@@ -17,6 +17,14 @@ read through `RecordStore.get_parsed`, which also keeps the immutable object the
 built from the authenticated value, so a request pays neither the AEAD nor the parse again
 (measured: a quarter of the enclave's own work per request).
 
+Replicas (several servers on one PostgreSQL database, docs/replicas.md) break the premise:
+another server's writes never pass through this one. There the cache is *stamped*: every
+entry carries the stamp it was last confirmed under, and `new_stamp()` (called when the
+signed state head shows that records changed elsewhere: store.py `RecordStore.shared`)
+makes every entry stale at once. A stale entry is never served; the next read asks the host,
+and if the host still holds the same version and blob, the entry (with its parsed object, an
+RSA key loaded once) is confirmed under the new stamp instead of being rebuilt.
+
 What it changes for a hostile host: altering, swapping, deleting or rolling back a record in
 the host's files while the enclave runs has no effect on a record the enclave holds; the
 change is seen (and refused, if it is an alteration) when the record is next read from the
@@ -43,6 +51,34 @@ DEFAULT_MAX_BYTES = 64 << 20
 _MEMORY_ONLY: ContextVar[bool] = ContextVar("enclave_kms_memory_only", default=False)
 
 
+class RequestScope:
+    """One request: whether the shared store has already checked the state head for it."""
+
+    __slots__ = ("checked",)
+
+    def __init__(self) -> None:
+        self.checked = False
+
+
+_REQUEST: ContextVar[RequestScope | None] = ContextVar("enclave_kms_request", default=None)
+
+
+@contextmanager
+def request_scope() -> Iterator[RequestScope]:
+    """Everything inside (the thread-pool hops of one request too: they copy the context) is
+    one request for the shared store's per-request head check."""
+    scope = RequestScope()
+    token = _REQUEST.set(scope)
+    try:
+        yield scope
+    finally:
+        _REQUEST.reset(token)
+
+
+def current_request() -> RequestScope | None:
+    return _REQUEST.get()
+
+
 class WouldBlock(Exception):
     """An access inside `memory_only()` needs the host. Deliberately outside the
     EnclaveKMSError tree: it is caught by the API's inline runner and never crosses a
@@ -66,11 +102,12 @@ def require_host_access() -> None:
 
 
 class _Entry:
-    __slots__ = ("blob", "parsed", "parser", "version")
+    __slots__ = ("blob", "parsed", "parser", "stamp", "version")
 
-    def __init__(self, version: int, blob: bytes) -> None:
+    def __init__(self, version: int, blob: bytes, stamp: int) -> None:
         self.version = version
         self.blob = blob
+        self.stamp = stamp
         self.parser: object = None
         self.parsed: object = None
 
@@ -90,6 +127,7 @@ class RecordCache:
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._bytes = 0
         self._epoch = 0
+        self._stamp = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -102,7 +140,7 @@ class RecordCache:
         key = (kind, id)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or entry.stamp != self._stamp:
                 return None
             self._entries.move_to_end(key)
             return entry.version, entry.blob
@@ -112,7 +150,12 @@ class RecordCache:
         key = (kind, id)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry.parser is None or entry.parser != parser:
+            if (
+                entry is None
+                or entry.stamp != self._stamp
+                or entry.parser is None
+                or entry.parser != parser
+            ):
                 return None
             self._entries.move_to_end(key)
             return entry.version, entry.parsed
@@ -125,9 +168,16 @@ class RecordCache:
             if entry is not None and entry.version == version:
                 entry.parser, entry.parsed = parser, value
 
+    def new_stamp(self) -> None:
+        """Records changed elsewhere: every entry is stale until the host confirms it (and a
+        read in flight, begun before, is too old to cache)."""
+        with self._lock:
+            self._epoch += 1
+            self._stamp += 1
+
     def epoch(self) -> int:
         """Taken before a read from the host, handed back to `fill`: a removal in between
-        (a delete, a refused write) makes that read too old to cache."""
+        (a delete, a refused write, a new stamp) makes that read too old to cache."""
         with self._lock:
             return self._epoch
 
@@ -160,13 +210,16 @@ class RecordCache:
     def _set(self, key: tuple[str, str], version: int, blob: bytes) -> None:
         current = self._entries.get(key)
         if current is not None:
-            if current.version >= version:  # a concurrent reader is late; keep the newer one
+            if current.version == version and current.blob == blob:
+                current.stamp = self._stamp  # confirmed as is: keep what was parsed from it
                 return
+            if current.version > version and current.stamp == self._stamp:
+                return  # a concurrent reader is late; keep the newer one
             self._bytes -= len(current.blob)
         if len(blob) > self._max_bytes:
             self._entries.pop(key, None)
             return
-        self._entries[key] = _Entry(version, blob)
+        self._entries[key] = _Entry(version, blob, self._stamp)
         self._entries.move_to_end(key)
         self._bytes += len(blob)
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:

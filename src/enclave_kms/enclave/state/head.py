@@ -106,6 +106,12 @@ class Head:
         )
 
     @property
+    def records_key(self) -> tuple[int, int, tuple[Pending, ...]]:
+        """What changes iff the record set (or a write in flight) does: not the generation,
+        not the audit heads, which move with every request."""
+        return self.set_sum, self.count, self.pending
+
+    @property
     def digest(self) -> bytes:
         """SHA-256 of the signed body: the hash clients remember with the generation."""
         return hashlib.sha256(self.body()).digest()
@@ -190,6 +196,7 @@ class StateTracker:
         self._known: dict[Entry, int] = {}  # 0: known absent (deleted by us)
         self._inflight: dict[int, Pending] = {}
         self._ticket = 0
+        self.foreign = 0  # heads adopted from other writers whose record set differs
         self.on_head: Callable[[Head, bytes], None] | None = None
         # Clients remember heads per installation, named by the audit key that signs them.
         self.installation = hashlib.sha256(public_key_of(signing_key)).hexdigest()[:32]
@@ -331,6 +338,45 @@ class StateTracker:
     def audit_head(self, worker: int) -> tuple[int, bytes] | None:
         return self.head.audit.get(worker)
 
+    def refresh(self) -> Head:
+        """Read the stored head and adopt it if another server moved it on; refuse it if it
+        went back (DESIGN §13: a live replica notices a restore of an older database).
+
+        One storage read per call; the signature is checked only when the blob is not the
+        one this tracker last wrote or adopted. The read runs outside the lock (requests do
+        not queue behind each other's); one that looks behind is read again under the lock,
+        since a write of this server may have overtaken it in flight."""
+        got = self._backend.get(*HEAD_ID)
+        with self._lock:
+            if got is not None and got[1] == self._signed and got[0] == self._head_version:
+                return self.head
+            if got is None or got[0] < self._head_version:
+                got = self._backend.get(*HEAD_ID)  # confirm, with our writes held off
+            if got is None:
+                raise StateRollbackError(
+                    cause="head-missing", message="the state head was deleted by the host"
+                )
+            version, blob = got
+            if blob == self._signed and version == self._head_version:
+                return self.head
+            stored = parse_signed_head(blob, self._key.public_key())
+            current = self.head
+            if (
+                stored.generation < current.generation
+                or version < self._head_version
+                or (stored.generation == current.generation and stored.digest != current.digest)
+            ):
+                raise StateRollbackError(
+                    cause="head-rolled-back",
+                    message=f"the store holds state generation {stored.generation}, but this "
+                    f"server has seen generation {current.generation}: the database was "
+                    "restored to an older state (or is another one); refusing to serve it",
+                )
+            if stored.records_key != current.records_key:
+                self.foreign += 1
+            self._head, self._head_version, self._signed = stored, version, blob
+            return stored
+
     def check_read(self, kind: str, id: str, version: int | None) -> None:
         """Refuse what the host returns for (kind, id) if it goes behind what we know."""
         if kind not in TRACKED_KINDS or (kind, id) == HEAD_ID:
@@ -463,5 +509,7 @@ class StateTracker:
                     message=f"the host presented state head generation {theirs_head.generation} "
                     f"after {base.generation}",
                 )
+            if theirs_head.records_key != base.records_key:
+                self.foreign += 1
             self._head, self._head_version = theirs_head, version
         raise ConflictError("the state head keeps changing; retry")

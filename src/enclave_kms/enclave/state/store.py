@@ -13,6 +13,17 @@ host that removes the marker can at most start a new, empty installation: the re
 the real one do not open under another id. An enclave that has seen the marker keeps its
 binding for its whole life; before any init (unit tests, a fresh store) key and token
 records use the storage root key's own derivation.
+
+Shared stores (replicas, DESIGN §14). When other servers write the same database, a change
+acknowledged by one must be in force on every other for requests that start after that
+acknowledgement (a rotation, a disable, a revoked token, a tightened policy, a deletion).
+The mechanism: the first store access of each request reads the signed state head (one
+storage read; its signature is checked only when it changed) before anything else. Every
+write of every server moves that head before it is acknowledged (head.py), so a head whose
+record set differs from the last one this server saw means "something changed elsewhere":
+every cached record becomes stale (`RecordCache.new_stamp`) and is confirmed against the host
+on its next use (same version: kept, with its parsed key; newer: replaced). The same read
+refuses a head older than one this server has seen (a restored older database).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
-from enclave_kms.enclave.state.cache import RecordCache, require_host_access
+from enclave_kms.enclave.state.cache import RecordCache, current_request, require_host_access
 from enclave_kms.enclave.state.head import StateTracker
 from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.errors import ConflictError, IntegrityError, VersionConflict
@@ -53,7 +64,12 @@ class RecordStore:
     them comes first (see `record_cache` for why that is exact and what it means)."""
 
     def __init__(
-        self, backend: Backend, cipher: RecordCipher, *, cache: RecordCache | None = None
+        self,
+        backend: Backend,
+        cipher: RecordCipher,
+        *,
+        cache: RecordCache | None = None,
+        shared: bool = False,
     ) -> None:
         self._backend = backend
         self._cipher = cipher
@@ -61,6 +77,8 @@ class RecordStore:
         self._installation: bytes | None = None
         self._bound: RecordCipher | None = None
         self._tracker: StateTracker | None = None
+        self.shared = shared
+        self._foreign_seen = 0
 
     def track(self, tracker: StateTracker) -> None:
         """From now on every read is checked against, and every write moves, the state head
@@ -85,8 +103,9 @@ class RecordStore:
     def bound_to(self, installation: bytes) -> RecordStore:
         """A view of the same backend bound to `installation` (init writes its admin token
         through it before the marker makes the installation official)."""
-        view = RecordStore(self._backend, self._cipher, cache=self._cache)
+        view = RecordStore(self._backend, self._cipher, cache=self._cache, shared=self.shared)
         view._tracker = self._tracker
+        view._foreign_seen = self._foreign_seen
         view.bind(installation)
         return view
 
@@ -104,7 +123,26 @@ class RecordStore:
 
     # ------------------------------------------------------------------ records
 
+    def check_fresh(self) -> None:
+        """Shared store: once per request (every call outside one), read the state head and
+        make the cache stale if another server changed records since (module docstring)."""
+        tracker = self._tracker
+        if not self.shared or tracker is None:
+            return
+        scope = current_request()
+        if scope is not None and scope.checked:
+            return
+        require_host_access()
+        tracker.refresh()
+        if tracker.foreign != self._foreign_seen:
+            self._foreign_seen = tracker.foreign
+            if self._cache is not None:
+                self._cache.new_stamp()
+        if scope is not None:
+            scope.checked = True
+
     def get(self, kind: str, id: str) -> Versioned | None:
+        self.check_fresh()
         cache = self._cache
         cached = None if cache is None else cache.get(kind, id)
         if cached is not None:
@@ -130,6 +168,7 @@ class RecordStore:
     ) -> tuple[int, T] | None:
         """(version, parse(id, value)) of a record; with a cache, the parsed object is kept
         with the cached version, so `parse` must return an immutable object."""
+        self.check_fresh()
         cache = self._cache
         if cache is not None:
             hit = cache.parsed(kind, id, parse)
@@ -138,6 +177,10 @@ class RecordStore:
         found = self.get(kind, id)
         if found is None:
             return None
+        if cache is not None:  # a stale entry the host just confirmed keeps its parsed object
+            hit = cache.parsed(kind, id, parse)
+            if hit is not None and hit[0] == found.version:
+                return hit[0], cast(T, hit[1])
         parsed = parse(id, found.value)
         if cache is not None:
             cache.remember(kind, id, found.version, parse, parsed)
@@ -184,6 +227,7 @@ class RecordStore:
 
     def list_ids(self, kind: str, *, after: str = "", limit: int = 1000) -> list[str]:
         require_host_access()
+        self.check_fresh()
         ids = self._backend.list_ids(kind, after, limit)
         if any(not isinstance(i, str) for i in ids) or ids != sorted(set(ids)):
             raise IntegrityError(f"host returned a malformed {kind} listing")

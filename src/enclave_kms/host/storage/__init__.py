@@ -51,11 +51,13 @@ STORAGE_ENV = "ENCLAVE_KMS_STORAGE"
 """Environment variable naming the storage when `--storage` is not given."""
 
 
-def open_storage(spec: str, *, exclusive: bool = True) -> Storage:
+def open_storage(spec: str, *, exclusive: bool = True, replica: int | None = None) -> Storage:
     """`postgresql://USER@HOST:PORT/DB` opens PostgreSQL (psycopg, the `postgres` extra);
     anything else is a SQLite file path. Each backend is imported only when chosen.
-    `exclusive=False`: PostgreSQL without the one-server lock, for a process that only
-    reads and seals its own records (`replicas join`), never serves."""
+    `replica`: this server is replica number `replica` of several on one PostgreSQL
+    database (docs/replicas.md); a SQLite file has one server. `exclusive=False`:
+    PostgreSQL without the server lock, for a process that only reads and seals its own
+    records (`replicas join`), never serves."""
     if spec.startswith(("postgresql://", "postgres://")):
         try:
             from enclave_kms.host.storage.postgres import PostgresStorage
@@ -65,7 +67,14 @@ def open_storage(spec: str, *, exclusive: bool = True) -> Storage:
             raise ConfigError(
                 "PostgreSQL storage needs psycopg: pip install 'enclave-kms[postgres]'"
             ) from None
-        return PostgresStorage(spec, exclusive=exclusive)
+        return PostgresStorage(spec, exclusive=exclusive, replica=replica)
+    if replica is not None:
+        from enclave_kms.errors import ConfigError
+
+        raise ConfigError(
+            "--replica-id: replicas share one PostgreSQL database (--storage postgresql://...); "
+            "a SQLite file serves one server"
+        )
     if "://" in spec:
         from enclave_kms.errors import ConfigError
 

@@ -6,10 +6,15 @@ durability before acknowledging. Here durability is PostgreSQL's: every session 
 the cluster names synchronous standbys, once a standby has it too. A failed or ambiguous
 commit raises `StorageError`, which the enclave never acknowledges.
 
-One server per database for now: the enclave keeps the records it uses in memory and relies
-on being the only writer (enclave/state/cache.py), so the server holds a session-level
-advisory lock for its lifetime, as `serve.lock` does for a data directory. Several replicas on
-one database (DESIGN §14) need cross-replica change notification first.
+Who may use the database (held for the server's lifetime by session advisory locks):
+
+- a lone server (no replica id) holds the server lock exclusively, as `serve.lock` does for a
+  data directory: its enclave keeps the records it uses in memory as the only writer;
+- replicas (DESIGN §14, docs/replicas.md) hold the server lock *shared* and, each, the lock of
+  its own replica id exclusively. So a lone server and replicas refuse each other, and two
+  processes started with the same replica id (one audit chain written by two, a fork) refuse
+  each other too. Their enclaves check every cached record against the signed state head on
+  each request (enclave/state/store.py), which is what makes sharing safe.
 """
 
 from __future__ import annotations
@@ -54,7 +59,11 @@ _MIGRATIONS: dict[int, str] = {}
 PostgreSQL schema is version 2 (SQLite's current one), so there is nothing to migrate yet."""
 
 _SCHEMA_LOCK = 0x656B_6D73_0001  # pg_advisory_xact_lock key: one replica migrates at a time
-_SERVER_LOCK = 0x656B_6D73_0002  # pg_advisory_lock key: one enclave-kms server per database
+_SERVER_LOCK = (
+    0x656B_6D73_0002  # pg_advisory_lock key: exclusive (lone server) or shared (replicas)
+)
+_REPLICA_LOCKS = 0x656B_6D73  # pg_advisory_lock(int4, int4) class: one process per replica id
+MAX_REPLICA_ID = 1023
 _CONNECT_TIMEOUT_S = 10  # unless the URL sets libpq's connect_timeout (seconds, >= 2)
 
 
@@ -93,20 +102,34 @@ class PostgresStorage:
     """A small connection pool (every protocol call takes one connection for one transaction),
     plus, for a server, ownership of the database:
 
-    - a session advisory lock held on a dedicated connection, so a second server refuses to
-      start while the first one's session lives;
-    - a fencing epoch: a server bumps `owner_epoch` when it takes the database, and every
-      write transaction checks it, so a server whose session was lost (a database failover)
-      and whose database was then taken by another server cannot write any more. On a lost
-      session the lock is taken again on the next write, or the write is refused."""
+    - session advisory locks held on a dedicated connection (see the module docstring), so a
+      conflicting server refuses to start while the first one's session lives;
+    - fencing epochs: a lone server bumps `owner_epoch` when it takes the database, a replica
+      bumps `replica_epoch_<id>` and remembers `owner_epoch`; every write transaction checks
+      both, so a server whose session was lost (a database failover) and whose database (or
+      replica id) was then taken by another process cannot write any more. On a lost session
+      the locks are taken again on the next write, or the write is refused.
 
-    def __init__(self, url: str, *, max_connections: int = 8, exclusive: bool = True) -> None:
+    `exclusive=False` takes no lock at all (host-side tools that only read)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 8,
+        exclusive: bool = True,
+        replica: int | None = None,
+    ) -> None:
         if not is_database_url(url):
             raise ConfigError(f"--storage {url!r}: expected postgresql://USER@HOST:PORT/DB")
+        if replica is not None and not 0 <= replica <= MAX_REPLICA_ID:
+            raise ConfigError(f"--replica-id {replica}: between 0 and {MAX_REPLICA_ID}")
         self.url = redact(url)
         self._url = url
         self._timeout = connect_timeout(url)
         self._exclusive = exclusive
+        self.replica = replica
+        self._replica_epoch: int | None = None
         self._closed = threading.Event()
         self._owner: psycopg.Connection[Any] | None = None
         self._owner_lock = threading.Lock()
@@ -128,7 +151,7 @@ class PostgresStorage:
             self._pool.open(wait=True, timeout=self._timeout)
             self._transaction(self._create_or_migrate)
             if exclusive:
-                self._epoch = self._transaction(_bump_epoch)
+                self._epoch, self._replica_epoch = self._transaction(self._take_epochs)
         except BaseException as exc:
             self._pool.close()
             self._close_owner()
@@ -142,13 +165,27 @@ class PostgresStorage:
 
     def _take_server_lock(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self._url, connect_timeout=self._timeout, autocommit=True)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVER_LOCK,)).fetchone()
-        if not row or not row[0]:
-            conn.close()
-            raise ConfigError(
-                f"{self.url} is in use by another enclave-kms server (one server per database "
-                "until replicas exist; stop the other first)"
+        if self.replica is None:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVER_LOCK,)).fetchone()
+            refusal = (
+                f"{self.url} is in use by other enclave-kms servers (a lone server needs the "
+                "database to itself; stop them first, or start this one as a replica with "
+                "--replica-id)"
             )
+        else:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock_shared(%s) AND pg_try_advisory_lock(%s, %s)",
+                (_SERVER_LOCK, _REPLICA_LOCKS, self.replica),
+            ).fetchone()
+            refusal = (
+                f"{self.url}: replica id {self.replica} is already serving, or a lone "
+                "(non-replica) server holds the database; each replica needs its own --replica-id"
+            )
+        if not row or not row[0]:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock_all()")
+            conn.close()
+            raise ConfigError(refusal)
         return conn
 
     def _ensure_owner(self) -> None:
@@ -180,14 +217,39 @@ class PostgresStorage:
                     "stops writing"
                 ) from None
 
-    def _check_epoch(self, conn: psycopg.Connection[Any]) -> None:
+    def _replica_row(self) -> str:
+        return f"replica_epoch_{self.replica}"
+
+    def _take_epochs(self, conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
+        """A lone server bumps the owner epoch (fencing every earlier holder, replicas too);
+        a replica keeps it and bumps its own id's epoch (fencing an earlier process of that
+        id)."""
+        if self.replica is None:
+            return _bump(conn, "owner_epoch"), None
+        conn.execute(
+            "INSERT INTO enclave_kms_meta(name, value) VALUES ('owner_epoch', 1) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
         row = conn.execute(
-            "SELECT value FROM enclave_kms_meta WHERE name = 'owner_epoch' FOR SHARE"
+            "SELECT value FROM enclave_kms_meta WHERE name = 'owner_epoch'"
         ).fetchone()
-        if row is None or int(row[0]) != self._epoch:
+        assert row is not None
+        return int(row[0]), _bump(conn, self._replica_row())
+
+    def _check_epoch(self, conn: psycopg.Connection[Any]) -> None:
+        names = ["owner_epoch"] if self.replica is None else ["owner_epoch", self._replica_row()]
+        rows = dict(
+            conn.execute(
+                "SELECT name, value FROM enclave_kms_meta WHERE name = ANY(%s) FOR SHARE",
+                (names,),
+            ).fetchall()
+        )
+        if rows.get("owner_epoch") != self._epoch or (
+            self.replica is not None and rows.get(self._replica_row()) != self._replica_epoch
+        ):
             raise StorageError(
-                f"{self.url}: another enclave-kms server took over the database; this one stops "
-                "writing (restart it once the other is stopped)"
+                f"{self.url}: another enclave-kms server took over the database (or this "
+                "replica id); this one stops writing (restart it once the other is stopped)"
             )
 
     def _close_owner(self) -> None:
@@ -342,10 +404,11 @@ class PostgresStorage:
         self._close_owner()
 
 
-def _bump_epoch(conn: psycopg.Connection[Any]) -> int:
+def _bump(conn: psycopg.Connection[Any], name: str) -> int:
     row = conn.execute(
-        "INSERT INTO enclave_kms_meta(name, value) VALUES ('owner_epoch', 1) "
-        "ON CONFLICT (name) DO UPDATE SET value = enclave_kms_meta.value + 1 RETURNING value"
+        "INSERT INTO enclave_kms_meta(name, value) VALUES (%s, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = enclave_kms_meta.value + 1 RETURNING value",
+        (name,),
     ).fetchone()
     assert row is not None
     return int(row[0])
