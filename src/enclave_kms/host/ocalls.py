@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from enclave_kms.attestation.collateral import collateral_to_json
 from enclave_kms.attestation.sources import CollateralSource
-from enclave_kms.errors import PlatformError
+from enclave_kms.errors import BoundaryError, PlatformError
 from enclave_kms.host.storage import Storage
 from enclave_kms.platform.sim.platform import SimPlatform
 from enclave_kms.sgx.pck import parse_pck_extension, pck_ca_kind
@@ -142,9 +142,23 @@ class HostOcalls:
             self._on_change(kind, id)
         return {"ok": ok}
 
-    def audit_append(self, records: list[bytes]) -> dict[str, Any]:
-        self._storage.audit_append(records, self._chain)
-        return {"ok": True}
+    def audit_append(
+        self,
+        records: list[bytes],
+        put_kind: str | None = None,
+        put_id: str | None = None,
+        put_expected_version: int | None = None,
+        put_blob: bytes | None = None,
+    ) -> dict[str, Any]:
+        if put_kind is None or put_id is None or put_expected_version is None or put_blob is None:
+            if (put_kind, put_id, put_expected_version, put_blob) != (None, None, None, None):
+                raise BoundaryError("audit_append: put_* come all together or not at all")
+            return {"ok": self._storage.audit_append(records, self._chain)}
+        put = (put_kind, put_id, put_expected_version, put_blob)
+        ok = self._storage.audit_append(records, self._chain, put)
+        if ok and self._on_change is not None:
+            self._on_change(put_kind, put_id)
+        return {"ok": ok}
 
     def log(self, level: str, message: str) -> None:
         enclave_log.log(_LEVELS.get(level, logging.INFO), "%s", message)

@@ -89,7 +89,9 @@ def _decode(blob: bytes, index: int) -> tuple[bytes, bytes, dict[str, Any]]:
 
 
 class AuditLog:
-    """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns).
+    """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns);
+    `commit_fn(records, seq, prev)`, when given, replaces `append_fn` + `persist_head` for a
+    batch: it stores the records and the sealed head moved to (seq, prev) at once.
 
     One writer thread owns the chain: requests queue their events and wait (a thread on a
     condition, a coroutine on a future: `record_async` costs the event loop no thread hop),
@@ -107,16 +109,18 @@ class AuditLog:
     def __init__(
         self,
         key: ec.EllipticCurvePrivateKey,
-        append_fn: Callable[[list[bytes]], None],
+        append_fn: Callable[[list[bytes]], object],
         *,
         head: tuple[int, bytes] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         persist_head: Callable[[int, bytes], None] | None = None,
         tail_fn: Callable[[int], Sequence[bytes]] | None = None,
+        commit_fn: Callable[[list[bytes], int, bytes], None] | None = None,
     ) -> None:
         self._key = key
         self._append = append_fn
         self._persist_head = persist_head
+        self._commit = commit_fn
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[AuditEvent] = []
@@ -298,6 +302,9 @@ class AuditLog:
             blob, prev = _encode(body, self._key if index == last else None)
             wire.append(blob)
             seq += 1
+        if self._commit is not None:  # records and sealed head in one host transaction
+            self._commit(wire, seq, prev)
+            return seq, prev
         self._append(wire)
         if self._persist_head is not None:
             # The sealed head lets a restarted enclave continue the chain, and shows a host
