@@ -174,3 +174,23 @@ def test_clear_memos_forgets_what_a_new_process_would_not_know() -> None:
     assert attest.intel_root.cache_info().currsize == 1
     sdk.clear_memos()
     assert attest.intel_root.cache_info().currsize == 0
+
+
+def test_audit_batch_probe_counts_the_batches_of_a_run(tmp_path: Path) -> None:
+    """The benchmark's batch sizes come from the stored log: records per signed record,
+    only those appended after the mark, on every chain."""
+    from bench.peers.enclave_kms import audit_batches_since
+
+    from enclave_kms.host.storage.sqlite import SQLiteStorage
+    from tests.enclave.test_audit_batches import _batched_log
+
+    storage = SQLiteStorage(tmp_path / "kms.sqlite")
+    earlier, _ = _batched_log(3)
+    for batch in earlier.batches:
+        storage.audit_append(batch, chain=0)
+    since = audit_batches_since(tmp_path / "kms.sqlite")
+    run, _ = _batched_log(6)  # batches of 1 (genesis), 1 and 5
+    for batch in run.batches:
+        storage.audit_append(batch, chain=1)
+    storage.close()
+    assert since() == {"audit_records": 7.0, "audit_batches": 3.0, "audit_batch_max": 5.0}
