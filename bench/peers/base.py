@@ -60,6 +60,7 @@ class HttpTarget:
     op_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     # After each run: figures about the server side of it (enclave-kms: audit batch sizes).
     probe: Callable[[], Callable[[], dict[str, float]]] | None = None
+    pid: int | None = None  # the server's session leader (the soak sums its session's RSS)
 
 
 def free_port(count: int = 1) -> int:

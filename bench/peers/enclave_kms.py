@@ -162,6 +162,7 @@ def enclave_kms_target(workdir: Path, *, prefill: int = 0, workers: int = 2) -> 
         stop=proc.stop,
         extra={"processes": workers},
         probe=lambda: audit_batches_since(data_dir / "kms.sqlite"),
+        pid=proc.process.pid,
     )
 
 
