@@ -199,6 +199,7 @@ class Settings:
 
     def client(self, *, with_token: bool = True) -> KMSClient:
         from enclave_kms.attestation.sources import PccsClient
+        from enclave_kms.client.pins import PinStore
         from enclave_kms.client.sync import KMSClient
 
         return KMSClient(
@@ -208,6 +209,7 @@ class Settings:
             trust_root=self.load_trust_root(),
             collateral_source=PccsClient(self.pccs) if self.pccs else None,
             timeout=self.timeout,
+            pins=PinStore(config_path().parent / "attested"),  # attest once per TLS key
         )
 
 
