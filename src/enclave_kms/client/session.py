@@ -12,12 +12,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy
-from enclave_kms.attestation.sources import CollateralSource
 from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.client import core
 from enclave_kms.client.attest import AttestationSettings, AttestedServer
@@ -25,6 +24,9 @@ from enclave_kms.client.errors import error_for_response
 from enclave_kms.client.pins import PinnedServer, PinStore, settings_digest
 from enclave_kms.client.tls import Endpoint, is_pin_failure, pinned_context
 from enclave_kms.errors import AttestationError, ServerError, UnauthenticatedError
+
+if TYPE_CHECKING:
+    from enclave_kms.attestation.sources import CollateralSource
 
 log = logging.getLogger("enclave_kms.client")
 USER_AGENT = "enclave-kms-client/1"
