@@ -8,7 +8,7 @@ in windows of SOAK_WINDOW seconds (default 30). Each connection waits before eac
 is that of a server that keeps up, not of a queue.
 
 Pass criteria (exit code 1 otherwise, each failure named): no error in any window; the
-server's resident memory (every process of its session: host and enclave workers) grows by
+server's resident memory (the host process and every process under it: the enclave workers) grows by
 less than 5 % from the end of the first window to the end of the last; p99 stable: no
 window's p99 above 3x the median window p99 (on a shared machine a neighbour's burst shows
 as one window, a leak or a growing queue as a trend). Not part of `make test`.
@@ -36,22 +36,34 @@ RSS_GROWTH_LIMIT = 0.05
 P99_SPREAD_LIMIT = 3.0
 
 
-def session_rss_bytes(leader: int) -> int:
-    """Resident memory of every live process in `leader`'s session (the server's tree)."""
-    total = 0
+def tree_rss_bytes(leader: int) -> int:
+    """Resident memory of `leader` and every process descending from it (the host and its
+    enclave workers, which run in sessions of their own)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) != leader:  # field 6 of stat: the session id
-                continue
+            pid = int(entry.name)
+            parent[pid] = int(fields[1])  # field 4 of stat: the parent
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    rss[pid] = int(line.split()[1]) * 1024
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-    return total
+
+    def descends(pid: int) -> bool:
+        for _ in range(64):
+            if pid == leader:
+                return True
+            pid = parent.get(pid, 0)
+            if pid <= 1:
+                return False
+        return False
+
+    return sum(size for pid, size in rss.items() if descends(pid))
 
 
 def verdict(windows: list[dict[str, Any]]) -> list[str]:
@@ -107,7 +119,7 @@ def soak(target: HttpTarget, wrk: str, seconds: float, load: float, window: floa
             "p50_ms": run.p50_ms,
             "p99_ms": run.p99_ms,
             "errors": errors,
-            "rss_mib": round(session_rss_bytes(target.pid) / 2**20, 1),
+            "rss_mib": round(tree_rss_bytes(target.pid) / 2**20, 1),
         }
         log(f"  {json.dumps(row)}")
         windows.append(row)
