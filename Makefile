@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 PORT   ?= 8443
 DATA   ?= data
 
-.PHONY: run test lint typecheck unit bench bench-quick demo fuzz clean
+.PHONY: run test lint typecheck unit bench bench-quick soak demo fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
 	$(BIN)/python -m bench --quick
+
+# Steady load at SOAK_LOAD (0.8) of measured capacity for SOAK_SECONDS: 0 errors, RSS growth
+# < 5 %, p99 stable (bench/soak.py). Not part of `make test`.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres,bench]'
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m bench.soak
 
 # Coverage-guided fuzzing (atheris) of every parser and the EDL decoder, bounded by time:
 # FUZZ_SECONDS per target (default 60). Not part of `make test` (a short run is, via pytest).

@@ -178,12 +178,17 @@ def http_cases(targets: Sequence[HttpTarget], settings: Settings, wrk_binary: st
     cases = []
     for target in targets:
         for name, op in target.ops.items():
+            stats: dict[str, float] = {}
 
             def run(
-                target: HttpTarget = target, op: HttpOp = op, seconds: float = settings.http_seconds
+                target: HttpTarget = target,
+                op: HttpOp = op,
+                seconds: float = settings.http_seconds,
+                stats: dict[str, float] = stats,
             ) -> RunSample:
                 tag = f"r{next(_RUN_TAGS)}"
-                return run_wrk(
+                since = target.probe() if target.probe is not None else None
+                sample = run_wrk(
                     wrk_binary,
                     target.base_url,
                     op,
@@ -191,6 +196,11 @@ def http_cases(targets: Sequence[HttpTarget], settings: Settings, wrk_binary: st
                     connections=settings.connections,
                     tag=tag,
                 )
+                if since is not None and seconds == settings.http_seconds:  # not the warm-up
+                    for name, value in since().items():
+                        old = stats.get(name, 0.0)
+                        stats[name] = max(old, value) if name.endswith("_max") else old + value
+                return sample
 
             def warm(run: Callable[..., RunSample] = run) -> RunSample:
                 return run(seconds=settings.warmup_seconds)
@@ -198,7 +208,9 @@ def http_cases(targets: Sequence[HttpTarget], settings: Settings, wrk_binary: st
             extra = {**target.extra, **target.op_extra.get(name, {})}
             extra["connections"] = settings.connections
             warmup = warm if settings.warmup_seconds > 0 else None
-            cases.append(Case(name, target.system, "http", run, extra=extra, warmup=warmup))
+            cases.append(
+                Case(name, target.system, "http", run, extra=extra, warmup=warmup, stats=stats)
+            )
     return cases
 
 

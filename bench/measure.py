@@ -59,6 +59,7 @@ class Case:
     warmup: Callable[[], object] | None = None
     samples: list[RunSample] = field(default_factory=list)
     failure: str | None = None
+    stats: dict[str, float] = field(default_factory=dict)  # summed over runs (audit batches)
 
     @property
     def label(self) -> str:
@@ -154,6 +155,10 @@ def summarize(case: Case) -> dict[str, Any]:
     if errors:
         row["errors"] = errors
     row.update(case.extra)
+    if case.stats.get("audit_batches"):
+        row["audit_batches"] = int(case.stats["audit_batches"])
+        row["audit_batch_mean"] = _sig(case.stats["audit_records"] / case.stats["audit_batches"])
+        row["audit_batch_max"] = int(case.stats["audit_batch_max"])
     return row
 
 

@@ -55,6 +55,9 @@ SUMMARY_FIELDS = (
     "p99_ratio_to_peer",
     "ratio_to_ceiling",
     "ratio_to_hello",
+    "audit_batches",
+    "audit_batch_mean",
+    "audit_batch_max",
 )
 
 
@@ -221,6 +224,22 @@ def markdown(document: Mapping[str, Any]) -> str:
             f"| {row['name']} | {row['system']} | {var} | {_fmt(row['rps'])} | {rng} | "
             f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['runs']} | {peer} | {ceiling} |"
         )
+    batched = [row for row in document["results"] if row.get("audit_batches")]
+    if batched:
+        lines += [
+            "",
+            "Audit group commit (enclave-kms; records per signed batch over the measured runs, "
+            "every worker's chain):",
+            "",
+            "| name | variant | batches | mean records/batch | max |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for row in batched:
+            var = ", ".join(f"{k}={v}" for k, v in variant(row).items())
+            lines.append(
+                f"| {row['name']} | {var} | {row['audit_batches']} | "
+                f"{row['audit_batch_mean']} | {row['audit_batch_max']} |"
+            )
     notes = run.get("notes", [])
     if notes:
         lines += ["", "Not measured in this run:", ""] + [f"- {note}" for note in notes]

@@ -38,12 +38,16 @@ def _lua_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid Lua string literal here
 
 
-def lua_script(op: HttpOp, tag: str) -> str:
-    """The wrk script for `op`; `tag` makes `{n}` unique across runs as well."""
+def lua_script(op: HttpOp, tag: str, delay_ms: float = 0.0) -> str:
+    """The wrk script for `op`; `tag` makes `{n}` unique across runs as well. `delay_ms`:
+    each connection waits that long before each request (wrk's `delay()` hook), which
+    bounds the rate a run offers (the soak's 80 % of capacity)."""
     headers = "\n".join(
         f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in op.headers.items()
     )
     lines = [f"wrk.method = {_lua_string(op.method)}", headers]
+    if delay_ms > 0:
+        lines.append(f"function delay() return {delay_ms:.3f} end")
     if op.body is not None:
         lines.append(f"wrk.body = {_lua_string(op.body)}")
     if op.unique:
@@ -108,11 +112,12 @@ def run_wrk(
     connections: int,
     tag: str,
     threads: int = THREADS,
+    delay_ms: float = 0.0,
 ) -> RunSample:
     """One bounded wrk run against `base_url + op.path`; errors are counted, not hidden."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
         script = Path(scratch) / "request.lua"
-        script.write_text(lua_script(op, tag))
+        script.write_text(lua_script(op, tag, delay_ms))
         duration = max(1, round(seconds))
         argv = [
             binary,

@@ -174,3 +174,36 @@ def test_clear_memos_forgets_what_a_new_process_would_not_know() -> None:
     assert attest.intel_root.cache_info().currsize == 1
     sdk.clear_memos()
     assert attest.intel_root.cache_info().currsize == 0
+
+
+def test_audit_batch_probe_counts_the_batches_of_a_run(tmp_path: Path) -> None:
+    """The benchmark's batch sizes come from the stored log: records per signed record,
+    only those appended after the mark, on every chain."""
+    from bench.peers.enclave_kms import audit_batches_since
+
+    from enclave_kms.host.storage.sqlite import SQLiteStorage
+    from tests.enclave.test_audit_batches import _batched_log
+
+    storage = SQLiteStorage(tmp_path / "kms.sqlite")
+    earlier, _ = _batched_log(3)
+    for batch in earlier.batches:
+        storage.audit_append(batch, chain=0)
+    since = audit_batches_since(tmp_path / "kms.sqlite")
+    run, _ = _batched_log(6)  # batches of 1 (genesis), 1 and 5
+    for batch in run.batches:
+        storage.audit_append(batch, chain=1)
+    storage.close()
+    assert since() == {"audit_records": 7.0, "audit_batches": 3.0, "audit_batch_max": 5.0}
+
+
+def test_soak_verdict_names_each_failure() -> None:
+    from bench.soak import verdict
+
+    def window(i: int, p99: float, rss: float, errors: int = 0) -> dict[str, Any]:
+        return {"window": i, "rps": 100.0, "p99_ms": p99, "errors": errors, "rss_mib": rss}
+
+    steady = [window(i, 50.0 + i, 100.0 + i / 10) for i in range(6)]
+    assert verdict(steady) == []
+    assert verdict([*steady, window(6, 55.0, 100.0, errors=2)]) == ["2 errors"]
+    assert verdict([*steady, window(6, 55.0, 106.0)])[0].startswith("RSS grew 6.0 %")
+    assert verdict([*steady, window(6, 400.0, 100.0)])[0].startswith("p99 unstable")

@@ -94,3 +94,21 @@ def test_the_architecture_page_names_every_room_and_every_contract() -> None:
     contracts = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["importlinter"]
     for contract in contracts["contracts"]:
         assert f'"{contract["name"]}"' in page, contract["name"]
+
+
+def test_the_sdk_imports_no_command_line_and_no_asyncio_client() -> None:
+    """A new process's first answer pays for every import (issue 12): the SDK path loads
+    neither the CLI stack (typer, click, rich, pygments: httpx's own CLI would pull them in)
+    nor the asyncio client until it is asked for."""
+    probe = (
+        "import sys, enclave_kms.client as c\n"
+        "cli = {'typer', 'click', 'rich', 'pygments'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & cli))\n"
+        "print('enclave_kms.client.aio' in sys.modules)\n"
+        "c.AsyncKMSClient\n"
+        "print('enclave_kms.client.aio' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.split("\n")[:3] == ["[]", "False", "True"]

@@ -58,6 +58,9 @@ class HttpTarget:
     extra: dict[str, Any] = field(default_factory=dict)
     # Per-operation fields for the JSON rows (e.g. the key type behind a sign row).
     op_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # After each run: figures about the server side of it (enclave-kms: audit batch sizes).
+    probe: Callable[[], Callable[[], dict[str, float]]] | None = None
+    pid: int | None = None  # the server's session leader (the soak sums its session's RSS)
 
 
 def free_port(count: int = 1) -> int:

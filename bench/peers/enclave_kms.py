@@ -21,9 +21,12 @@ import json
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import httpx
 
 from bench.peers.base import LOOPBACK, HttpOp, HttpTarget, ManagedProcess, free_port, port_open
@@ -158,4 +161,43 @@ def enclave_kms_target(workdir: Path, *, prefill: int = 0, workers: int = 2) -> 
         ops=ops,
         stop=proc.stop,
         extra={"processes": workers},
+        probe=lambda: audit_batches_since(data_dir / "kms.sqlite"),
+        pid=proc.process.pid,
     )
+
+
+def _audit_counts(conn: sqlite3.Connection) -> dict[int, int]:
+    rows = conn.execute("SELECT chain, COUNT(*) FROM audit GROUP BY chain").fetchall()
+    return {int(chain): int(n) for chain, n in rows}
+
+
+def audit_batches_since(db: Path) -> Callable[[], dict[str, float]]:
+    """Mark the audit log now; the returned call gives the group-commit batches appended
+    since (every chain): one signed record closes each batch (DESIGN §11)."""
+    uri = f"file:{db}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as conn:
+        mark = _audit_counts(conn)
+
+    def batches() -> dict[str, float]:
+        sizes: list[int] = []
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            for chain in _audit_counts(conn):
+                rows = conn.execute(
+                    "SELECT record FROM audit WHERE chain=? ORDER BY seq LIMIT -1 OFFSET ?",
+                    (chain, mark.get(chain, 0)),
+                )
+                run = 0
+                for (record,) in rows:
+                    run += 1
+                    if cbor2.loads(record)[1]:  # the batch's signed last record
+                        sizes.append(run)
+                        run = 0
+        if not sizes:
+            return {}
+        return {
+            "audit_records": float(sum(sizes)),
+            "audit_batches": float(len(sizes)),
+            "audit_batch_max": float(max(sizes)),
+        }
+
+    return batches

@@ -299,8 +299,18 @@ OCALLS: tuple[Call, ...] = (
     Call(
         "audit_append",
         "ocall",
-        (_in("records", "bytes_list", 4096, item_bound=64 * _KiB), _out("ok", "bool", 1)),
-        "Durably append signed audit records; the enclave answers only after this returns.",
+        (
+            _in("records", "bytes_list", 4096, item_bound=64 * _KiB),
+            _in("put_kind", "str", 32, optional=True),
+            _in("put_id", "str", 256, optional=True),
+            _in("put_expected_version", "int", _U64, optional=True),
+            _in("put_blob", "bytes", _BLOB, optional=True),
+            _out("ok", "bool", 1),
+        ),
+        "Durably append an audit batch; the enclave answers only after this returns. With "
+        "put_*, also compare-and-set that record (the sealed state head) in the same "
+        "transaction: one crossing and one fsync per batch; ok=false (nothing written) if the "
+        "record's version is not put_expected_version.",
     ),
     Call(
         "audit_tail",

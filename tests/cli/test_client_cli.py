@@ -578,3 +578,81 @@ def test_errors_name_flags_and_one_rule_for_changing_a_key(cli: Runner, real_env
         assert "enclave-kms key restore cli-rule" in frozen.error_line()
     assert cli("key", "restore", "cli-rule").code == exits.OK
     assert cli("key", "rotate", "cli-rule").code == exits.OK
+
+
+def _other_certificate_pem() -> str:
+    """A certificate for another TLS key than the server's (what a restarted server has)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_commands_after_the_first_reuse_its_attestation_until_the_key_changes(
+    cli: Runner, real_env: RealKMS, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attest once per TLS key (DESIGN §9): the first command appraises and pins; the next
+    ones (new clients, as new processes would be) send their request over the pin with no
+    appraisal; a server presenting another key is appraised afresh and re-pinned."""
+    from enclave_kms.client import attest
+
+    appraisals: list[str] = []
+    fetched: list[str] = []
+    real_finish = attest.finish
+
+    def counting_finish(*args: object, **kwargs: object) -> attest.AttestedServer:
+        appraisals.append("finish")
+        return real_finish(*args, **kwargs)  # type: ignore[arg-type]
+
+    real_begin = attest.begin
+
+    def counting_begin(*args: object, **kwargs: object) -> attest.PendingAttestation:
+        fetched.append("begin")  # one per GET /v1/attestation the client makes
+        return real_begin(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attest, "finish", counting_finish)
+    monkeypatch.setattr(attest, "begin", counting_begin)
+    assert cli("key", "create", "cli-pinned").code == exits.OK
+    assert len(appraisals) == 1
+    pins = list((isolated.parent / "attested").glob("*.json"))
+    assert len(pins) == 1
+    assert stat.S_IMODE(pins[0].stat().st_mode) == 0o600
+    pinned = json.loads(pins[0].read_text())
+    for args in (("key", "show", "cli-pinned"), ("random", "8", "--hex"), ("key", "list")):
+        r = cli(*args)
+        assert r.code == exits.OK, r.err
+    assert (len(appraisals), len(fetched)) == (1, 1)  # no appraisal, no evidence fetched
+
+    # The pin names another key than the server now presents: a fresh appraisal, re-pinned.
+    pins[0].write_text(json.dumps({**pinned, "certificate_pem": _other_certificate_pem()}))
+    assert cli("key", "show", "cli-pinned").code == exits.OK
+    assert len(appraisals) == 2
+    assert json.loads(pins[0].read_text())["certificate_pem"] == pinned["certificate_pem"]
+
+    # Other trust settings (a policy that also accepts another MRENCLAVE) never reuse a pin.
+    wider = isolated.parent / "wider.toml"
+    policy = real_env.policy
+    wider.write_text(
+        Policy(
+            **{**policy.__dict__, "mr_enclave": (*policy.mr_enclave, OTHER_MR_ENCLAVE)}
+        ).to_toml()
+    )
+    monkeypatch.setenv("ENCLAVE_KMS_POLICY", str(wider))
+    assert cli("key", "show", "cli-pinned").code == exits.OK
+    assert len(appraisals) == 3

@@ -98,31 +98,46 @@ def test_a_change_through_one_worker_holds_on_the_other(
     assert ct2.startswith("ekms:v2:")
 
 
+def _on_each_worker(server: Server, token: str) -> dict[int, httpx.Client]:
+    """The token's own connections, one on each worker."""
+    users: dict[int, httpx.Client] = {}
+    while len(users) < 2:
+        client = _connection(server, token)
+        worker = ok(client.get("/v1/health"))["worker"]
+        if worker in users:
+            client.close()
+        else:
+            users[worker] = client
+    return users
+
+
+@pytest.mark.parametrize("revoked", ["itself", "its-issuer"])
 def test_a_token_revoked_on_one_worker_is_refused_by_the_other(
-    two: Server, by_worker: dict[int, httpx.Client]
+    two: Server, by_worker: dict[int, httpx.Client], revoked: str
 ) -> None:
-    issued = ok(
+    """Both workers hold the token (and its issuer) in memory; the revocation, through
+    worker 1, of the token or of the token that issued it (the child is never written) is
+    refused on the very next request on either worker."""
+    key = f"for-token-{revoked}"
+    ok(by_worker[0].post("/v1/keys", json={"name": key, "type": "aes256-gcm"}), 201)
+    use = [{"keys": ["*"], "operations": ["encrypt"]}]
+    manager = ok(
         by_worker[0].post(
             "/v1/tokens",
-            json={"name": "short", "policies": [{"keys": ["*"], "operations": ["encrypt"]}]},
+            json={"name": "manager", "policies": [*use, {"operations": ["tokens.manage"]}]},
         ),
         201,
     )
-    ok(by_worker[0].post("/v1/keys", json={"name": "for-token", "type": "aes256-gcm"}), 201)
-    users: dict[int, httpx.Client] = {}
+    with _connection(two, manager["token"]) as as_manager:
+        issued = ok(as_manager.post("/v1/tokens", json={"name": "child", "policies": use}), 201)
+    users = _on_each_worker(two, issued["token"])
     try:
-        while len(users) < 2:  # the token's own connections, one on each worker
-            client = _connection(two, issued["token"])
-            worker = ok(client.get("/v1/health"))["worker"]
-            if worker in users:
-                client.close()
-            else:
-                users[worker] = client
-        for client in users.values():  # both workers now hold the token
-            ok(client.post("/v1/keys/for-token/encrypt", json={"plaintext": "YQ=="}))
-        ok(by_worker[1].delete(f"/v1/tokens/{issued['info']['id']}"))
+        for client in users.values():  # both workers now hold the token and its lineage
+            ok(client.post(f"/v1/keys/{key}/encrypt", json={"plaintext": "YQ=="}))
+        target = issued if revoked == "itself" else manager
+        ok(by_worker[1].delete(f"/v1/tokens/{target['info']['id']}"))
         for client in users.values():
-            resp = client.post("/v1/keys/for-token/encrypt", json={"plaintext": "YQ=="})
+            resp = client.post(f"/v1/keys/{key}/encrypt", json={"plaintext": "YQ=="})
             assert "revoked" in fails(resp, 401, "unauthenticated")
     finally:
         for client in users.values():

@@ -59,6 +59,19 @@ def test_audit_chains_keep_order_and_batches(store: Storage) -> None:
     assert store.audit_chains() == [0, 1]
 
 
+def test_audit_batch_and_head_commit_together_or_not_at_all(store: Storage) -> None:
+    """The group commit's one transaction: the batch and the head's compare-and-set are kept
+    together, and a lost compare-and-set keeps neither."""
+    assert store.audit_append([b"a0"], 0, ("config", "state-head", 0, b"h1"))
+    assert store.get("config", "state-head") == (1, b"h1")
+    assert not store.audit_append([b"a1", b"a2"], 0, ("config", "state-head", 0, b"stale"))
+    assert store.audit_records(0) == [b"a0"]
+    assert store.get("config", "state-head") == (1, b"h1")
+    assert store.audit_append([b"a1", b"a2"], 0, ("config", "state-head", 1, b"h2"))
+    assert store.audit_records(0) == [b"a0", b"a1", b"a2"]
+    assert store.get("config", "state-head") == (2, b"h2")
+
+
 def test_concurrent_cas_lets_exactly_one_writer_win(store: Storage) -> None:
     store.put("key", "a", 0, b"v1")
     wins: list[int] = []

@@ -175,8 +175,9 @@ def verify_cmd(
     for chain, result in results.items():
         where = "" if len(results) == 1 else f"chain {chain}: "
         out.print(
-            f"[green]audit log OK[/green]: {where}{result.records} records, chained and signed "
-            f"by key {result.public_key_sha256[:16]}…, last {result.last_hash.hex()[:16]}…"
+            f"[green]audit log OK[/green]: {where}{result.records} records in "
+            f"{result.batches} signed batches, chained and signed by key "
+            f"{result.public_key_sha256[:16]}…, last {result.last_hash.hex()[:16]}…"
         )
 
 

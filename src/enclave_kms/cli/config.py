@@ -198,16 +198,22 @@ class Settings:
         return TrustRoot.from_pem(_read(self.trust_root, "trust root"))
 
     def client(self, *, with_token: bool = True) -> KMSClient:
-        from enclave_kms.attestation.sources import PccsClient
+        from enclave_kms.client.pins import PinStore
         from enclave_kms.client.sync import KMSClient
 
+        source = None
+        if self.pccs:  # the collateral fetcher only when asked for (start-up cost)
+            from enclave_kms.attestation.sources import PccsClient
+
+            source = PccsClient(self.pccs)
         return KMSClient(
             self.require_url(),
             token=self.token() if with_token else None,
             policy=self.load_policy(),
             trust_root=self.load_trust_root(),
-            collateral_source=PccsClient(self.pccs) if self.pccs else None,
+            collateral_source=source,
             timeout=self.timeout,
+            pins=PinStore(config_path().parent / "attested"),  # attest once per TLS key
         )
 
 

@@ -20,7 +20,7 @@ import httpx
 from enclave_kms.client import attest, core, session
 from enclave_kms.client.attest import AttestedServer
 from enclave_kms.client.operations import Operations, Step
-from enclave_kms.client.session import REATTEST
+from enclave_kms.client.session import REATTEST, Attested
 from enclave_kms.client.tls import apeer_certificate
 from enclave_kms.client.types import KeyInfo
 
@@ -54,7 +54,7 @@ class AsyncKMSClient(Operations):
         return operation
 
     async def __aenter__(self) -> Self:
-        await self.connect()
+        await self._ensure()
         return self
 
     async def __aexit__(
@@ -72,14 +72,30 @@ class AsyncKMSClient(Operations):
             await http.aclose()
 
     async def connect(self) -> AttestedServer:
-        """Attest the server now (if not yet, or if the attestation expired); idempotent."""
+        """Attest the server now (if not yet in this client, or if the attestation expired;
+        a pin from an earlier process is appraised afresh here); idempotent."""
         async with self._lock:
             server = self._server
-            if server is None or self._expired(server):
+            if not isinstance(server, AttestedServer) or self._expired(server):
                 server = await self._attest()
             elif self._http is None:  # closed, then used again: same pin, new connections
                 self._install(server)
             return server
+
+    async def _ensure(self) -> None:
+        """Before a request: the server attested in this client, else a pin an earlier
+        process left for the same TLS key and trust settings, else a fresh appraisal."""
+        async with self._lock:
+            server = self._server
+            if server is None:
+                server = self._pinned()
+                if server is not None:
+                    self._install(server)
+                    return
+            if server is None or self._expired(server):
+                await self._attest()
+            elif self._http is None:
+                self._install(server)
 
     async def reattest(self) -> AttestedServer:
         """Attest again from scratch (new certificate, new nonce, fresh collateral)."""
@@ -103,7 +119,7 @@ class AsyncKMSClient(Operations):
         self._install(server)
         return server
 
-    def _install(self, server: AttestedServer) -> None:
+    def _install(self, server: Attested) -> None:
         if self._http is not None:
             # Not closed yet: another task may be using it; `close()` closes it.
             self._retired.append(self._http)
@@ -113,7 +129,7 @@ class AsyncKMSClient(Operations):
     async def call(self, call: core.Call[T]) -> T:
         """Send one request over the pinned connection and return its typed result."""
         request = self._request(call)
-        await self.connect()
+        await self._ensure()
         attempts = self._attempts(call)
         while True:
             http, server = await self._pool()
@@ -129,13 +145,13 @@ class AsyncKMSClient(Operations):
                 )
             await asyncio.sleep(retry)
 
-    async def _pool(self) -> tuple[httpx.AsyncClient, AttestedServer | None]:
+    async def _pool(self) -> tuple[httpx.AsyncClient, Attested | None]:
         """The pinned pool, reopened on the pin if another caller closed it meanwhile."""
         while self._http is None:
-            await self.connect()
+            await self._ensure()
         return self._http, self._server
 
-    async def _recover(self, delay: float, server: AttestedServer | None) -> None:
+    async def _recover(self, delay: float, server: Attested | None) -> None:
         if delay != REATTEST:
             await asyncio.sleep(delay)
             return

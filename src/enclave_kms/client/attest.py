@@ -35,20 +35,11 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from enclave_kms.attestation.appraise import appraise
 from enclave_kms.attestation.cache import VerificationCache
-from enclave_kms.attestation.collateral import load_collateral
-from enclave_kms.attestation.evidence import EvidenceForm
 from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy, require_identity
-from enclave_kms.attestation.ratls import (
-    RaTlsCertificate,
-    extract_evidence,
-    verify_ratls_certificate,
-)
-from enclave_kms.attestation.sources import CollateralSource
-from enclave_kms.attestation.types import Collateral, TrustRoot, VerifiedQuote
+from enclave_kms.attestation.types import TrustRoot, VerifiedQuote
 from enclave_kms.errors import (
     BindingError,
     CollateralError,
@@ -56,8 +47,13 @@ from enclave_kms.errors import (
     FormatError,
     PolicyError,
 )
-from enclave_kms.sgx.report import ReportBody
-from enclave_kms.sgx.tutorial import EnclaveInfo
+
+if TYPE_CHECKING:  # the verifier itself is imported by the steps that run it (start-up cost:
+    # a client that reuses a pinned attestation never appraises, so never loads it)
+    from enclave_kms.attestation.ratls import RaTlsCertificate
+    from enclave_kms.attestation.sources import CollateralSource
+    from enclave_kms.attestation.types import Collateral
+    from enclave_kms.sgx.tutorial import EnclaveInfo
 
 NONCE_BYTES = 32
 ATTESTATION_PATH = "/v1/attestation"
@@ -124,6 +120,8 @@ class AttestationAnswer:
 
     def collateral(self) -> Collateral:
         """The collateral the server shipped (parsed only when it is the one used)."""
+        from enclave_kms.attestation.collateral import load_collateral
+
         return load_collateral(json.dumps(self.collateral_doc).encode())
 
     @classmethod
@@ -145,6 +143,8 @@ class AttestationAnswer:
             ) from None
         if not isinstance(collateral_doc, dict):
             raise CollateralError("attestation answer: collateral is not a JSON object")
+        from enclave_kms.attestation.ratls import RaTlsCertificate
+
         return cls(nonce, quote, collateral_doc, RaTlsCertificate.parse(pem))
 
 
@@ -178,6 +178,8 @@ class AttestedServer:
 
     def summary(self) -> dict[str, Any]:
         """The verified identity as JSON-able values (what `enclave-kms attest` shows)."""
+        from enclave_kms.sgx.report import ReportBody
+
         v = self.verified
         out: dict[str, Any] = {"url": self.url, "tee": v.tee}
         if isinstance(v.quote.body, ReportBody):
@@ -206,6 +208,9 @@ class AttestedServer:
         """The tutorial's enclave-info JSON for the certificate's appraised evidence: QuoteHex
         is the quote, EnclaveHeldDataHex what its report_data[0:32] hashes (the DICE claims
         naming the key, or the DER SPKI for a legacy-only certificate)."""
+        from enclave_kms.attestation.ratls import extract_evidence
+        from enclave_kms.sgx.tutorial import EnclaveInfo
+
         held = extract_evidence(self.certificate).held_data
         return EnclaveInfo.from_report(self.verified.quote, held)
 
@@ -214,6 +219,8 @@ def begin(
     certificate_der: bytes, *, now: datetime, nonce: bytes | None = None
 ) -> PendingAttestation:
     """Step 1: the certificate carries evidence for its own key; choose a fresh nonce."""
+    from enclave_kms.attestation.ratls import RaTlsCertificate, verify_ratls_certificate
+
     cert = RaTlsCertificate.parse(certificate_der)
     quote, _form = verify_ratls_certificate(cert.der, now=now)
     chosen = secrets.token_bytes(NONCE_BYTES) if nonce is None else nonce
@@ -245,6 +252,9 @@ def finish(
     Both the certificate and the liveness answer go through `appraise` (the one entry point):
     the certificate binds its own key, the answer must bind SHA-256(SPKI hash ‖ our nonce).
     """
+    from enclave_kms.attestation.appraise import appraise
+    from enclave_kms.attestation.evidence import EvidenceForm
+
     answer = AttestationAnswer.parse(answer_doc)
     collateral: Collateral | CollateralSource = (
         settings.collateral_source

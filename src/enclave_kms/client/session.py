@@ -12,16 +12,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from enclave_kms.attestation.policy import DEFAULT_POLICY, Policy
-from enclave_kms.attestation.sources import CollateralSource
 from enclave_kms.attestation.types import TrustRoot
 from enclave_kms.client import core
 from enclave_kms.client.attest import AttestationSettings, AttestedServer
 from enclave_kms.client.errors import error_for_response
+from enclave_kms.client.pins import PinnedServer, PinStore, settings_digest
 from enclave_kms.client.tls import Endpoint, is_pin_failure, pinned_context
 from enclave_kms.errors import (
     AttestationError,
@@ -30,8 +30,13 @@ from enclave_kms.errors import (
     UnauthenticatedError,
 )
 
+if TYPE_CHECKING:
+    from enclave_kms.attestation.sources import CollateralSource
+
 log = logging.getLogger("enclave_kms.client")
 USER_AGENT = "enclave-kms-client/1"
+Attested = AttestedServer | PinnedServer
+"""A server this client trusts: appraised now, or by an earlier process (`pins`)."""
 
 
 def _utcnow() -> datetime:
@@ -62,6 +67,7 @@ class Session:
         backoff: float = 0.25,
         second_opinion: bool = True,
         clock: Callable[[], datetime] = _utcnow,
+        pins: PinStore | None = None,
     ) -> None:
         self._endpoint = Endpoint.parse(url)
         self._settings = AttestationSettings(policy, trust_root, collateral_source, second_opinion)
@@ -71,7 +77,8 @@ class Session:
         self._retries = max(0, retries)
         self._backoff = backoff
         self._clock = clock
-        self._server: AttestedServer | None = None
+        self._server: Attested | None = None
+        self._pins = pins
         self._open()
 
     def _open(self) -> None:
@@ -98,8 +105,14 @@ class Session:
 
     @property
     def server(self) -> AttestedServer | None:
-        """The attested server (None before `connect`)."""
-        return self._server
+        """The server attested by this client (None before `connect`, and while requests go
+        over a pin an earlier process's appraisal left: see `pinned`)."""
+        return self._server if isinstance(self._server, AttestedServer) else None
+
+    @property
+    def pinned(self) -> PinnedServer | None:
+        """The earlier appraisal the requests rely on, when no fresh one was needed."""
+        return self._server if isinstance(self._server, PinnedServer) else None
 
     def set_token(self, token: str | None) -> None:
         self._token = token
@@ -109,10 +122,16 @@ class Session:
         if not self._token:
             self._token = token
 
-    def _expired(self, server: AttestedServer | None) -> bool:
+    def _pinned(self) -> PinnedServer | None:
+        """An earlier appraisal of this server under the same trust settings, if any."""
+        if self._pins is None:
+            return None
+        return self._pins.load(self.url, settings_digest(self._settings), self._clock())
+
+    def _expired(self, server: Attested | None) -> bool:
         return server is None or self._clock() >= server.expires_at
 
-    def _connection(self, server: AttestedServer) -> dict[str, Any]:
+    def _connection(self, server: Attested) -> dict[str, Any]:
         """Arguments of the pooled httpx client that trusts only the attested certificate."""
         return {
             "base_url": self._endpoint.base,
@@ -154,9 +173,17 @@ class Session:
     def _attempts(self, call: core.Call[Any]) -> Attempts:
         return Attempts(call, self._retries, self._backoff, self._endpoint.base)
 
-    def _attested(self, server: AttestedServer) -> None:
+    def _attested(self, server: Attested) -> None:
         self._server = server
+        if isinstance(server, PinnedServer):
+            log.info("pinned %s: TLS key %s (appraised before)", self.url, server.spki_sha256.hex())
+            return
         log.info("attested %s: TLS key %s", self.url, server.spki_sha256.hex()[:16])
+        if self._pins is not None:
+            try:
+                self._pins.save(server, settings_digest(self._settings))
+            except OSError as exc:  # the next process attests again; this one is fine
+                log.warning("could not keep the attestation pin: %s", exc)
 
 
 REATTEST = -1.0  # `Attempts` verdict: the pin refused the certificate; attest, then re-send

@@ -21,7 +21,7 @@ import httpx
 from enclave_kms.client import attest, core, session
 from enclave_kms.client.attest import AttestedServer
 from enclave_kms.client.operations import Operations, Step, run_flow
-from enclave_kms.client.session import REATTEST, USER_AGENT
+from enclave_kms.client.session import REATTEST, USER_AGENT, Attested
 from enclave_kms.client.tls import peer_certificate
 from enclave_kms.client.types import KeyInfo, KeyPage
 
@@ -47,7 +47,7 @@ class KMSClient(Operations):
         return operation
 
     def __enter__(self) -> Self:
-        self.connect()
+        self._ensure()
         return self
 
     def __exit__(
@@ -66,14 +66,30 @@ class KMSClient(Operations):
             http.close()
 
     def connect(self) -> AttestedServer:
-        """Attest the server now (if not yet, or if the attestation expired); idempotent."""
+        """Attest the server now (if not yet in this client, or if the attestation expired;
+        a pin from an earlier process is appraised afresh here); idempotent."""
         with self._lock:
             server = self._server
-            if server is None or self._expired(server):
+            if not isinstance(server, AttestedServer) or self._expired(server):
                 server = self._attest()
             elif self._http is None:  # closed, then used again: same pin, new connections
                 self._install(server)
             return server
+
+    def _ensure(self) -> None:
+        """Before a request: the server attested in this client, else a pin an earlier
+        process left for the same TLS key and trust settings, else a fresh appraisal."""
+        with self._lock:
+            server = self._server
+            if server is None:
+                server = self._pinned()
+                if server is not None:
+                    self._install(server)
+                    return
+            if server is None or self._expired(server):
+                self._attest()
+            elif self._http is None:
+                self._install(server)
 
     def reattest(self) -> AttestedServer:
         """Attest again from scratch (new certificate, new nonce, fresh collateral)."""
@@ -93,7 +109,7 @@ class KMSClient(Operations):
         self._install(server)
         return server
 
-    def _install(self, server: AttestedServer) -> None:
+    def _install(self, server: Attested) -> None:
         if self._http is not None:
             # Not closed yet: another thread may be using it; `close()` closes it.
             self._retired.append(self._http)
@@ -103,7 +119,7 @@ class KMSClient(Operations):
     def call(self, call: core.Call[T]) -> T:
         """Send one request over the pinned connection and return its typed result."""
         request = self._request(call)
-        self.connect()
+        self._ensure()
         attempts = self._attempts(call)
         while True:
             http, server = self._pool()
@@ -119,16 +135,16 @@ class KMSClient(Operations):
                 )
             time.sleep(retry)
 
-    def _pool(self) -> tuple[httpx.Client, AttestedServer | None]:
+    def _pool(self) -> tuple[httpx.Client, Attested | None]:
         """The pinned pool, reopened on the pin if another caller closed it meanwhile."""
         while True:
             with self._lock:
                 http, server = self._http, self._server
             if http is not None:
                 return http, server
-            self.connect()
+            self._ensure()
 
-    def _recover(self, delay: float, server: AttestedServer | None) -> None:
+    def _recover(self, delay: float, server: Attested | None) -> None:
         if delay != REATTEST:
             time.sleep(delay)
             return

@@ -63,6 +63,21 @@ class HostCalls:
         if not self._call("audit_append", records=records)["ok"]:
             raise BoundaryError("host refused the audit append")
 
+    def audit_append_with(
+        self, records: list[bytes], kind: str, id: str, expected_version: int, blob: bytes
+    ) -> bool:
+        """Append an audit batch and compare-and-set one record in one host transaction
+        (one crossing, one fsync); False if the record's version had moved (nothing kept)."""
+        result = self._call(
+            "audit_append",
+            records=records,
+            put_kind=kind,
+            put_id=id,
+            put_expected_version=expected_version,
+            put_blob=blob,
+        )
+        return bool(result["ok"])
+
     def audit_tail(self, from_seq: int) -> list[bytes]:
         """What the host claims follows record `from_seq - 1`; `AuditLog` verifies it."""
         records: list[bytes] = self._call("audit_tail", from_seq=from_seq)["records"]

@@ -472,16 +472,29 @@ class EnclaveRuntime:
         def persist_head(seq: int, prev: bytes) -> None:
             tracker.audit_advanced(worker, seq, prev)
 
+        host = self.host
+
+        def commit(records: list[bytes], seq: int, prev: bytes) -> None:
+            """One batch = one audit_append OCALL carrying the sealed head too (one
+            transaction, one fsync); a head conflict with another worker resends it."""
+            metrics.audit_batch(len(records))
+            tracker.audit_advanced(
+                worker,
+                seq,
+                prev,
+                put=lambda k, i, v, b: host.audit_append_with(records, k, i, v, b),
+            )
+
         audit = AuditLog(
             audit_key,
             audit_append,
             head=tracker.audit_head(worker) or legacy_head,
             persist_head=persist_head,
             tail_fn=self.host.audit_tail,  # crash recovery and truncation: see AuditLog
+            commit_fn=commit,
         )
         self.joins.audit_join(audit)
         kms = KMSService(store)
-        host = self.host
         return Initialized(
             config=cfg,
             backend=booted.backend,

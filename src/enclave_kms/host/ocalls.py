@@ -163,9 +163,23 @@ class HostOcalls:
             self._on_change(kind, id)
         return {"ok": ok}
 
-    def audit_append(self, records: list[bytes]) -> dict[str, Any]:
-        self._storage.audit_append(records, self._chain)
-        return {"ok": True}
+    def audit_append(
+        self,
+        records: list[bytes],
+        put_kind: str | None = None,
+        put_id: str | None = None,
+        put_expected_version: int | None = None,
+        put_blob: bytes | None = None,
+    ) -> dict[str, Any]:
+        if put_kind is None or put_id is None or put_expected_version is None or put_blob is None:
+            if (put_kind, put_id, put_expected_version, put_blob) != (None, None, None, None):
+                raise BoundaryError("audit_append: put_* come all together or not at all")
+            return {"ok": self._storage.audit_append(records, self._chain)}
+        put = (put_kind, put_id, put_expected_version, put_blob)
+        ok = self._storage.audit_append(records, self._chain, put)
+        if ok and self._on_change is not None:
+            self._on_change(put_kind, put_id)
+        return {"ok": ok}
 
     def replica_join(self, path: str, body: bytes) -> dict[str, Any]:
         """Relay a join message to the peer's RA-TLS server. Its certificate is not checked

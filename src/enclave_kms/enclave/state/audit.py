@@ -12,10 +12,13 @@ record is durable. The chain is therefore never a lock held across I/O per reque
 Wire form of one record: CBOR [body, signature], body = canonical CBOR map
 {"seq", "prev", "time", "actor", "op", "target", "outcome", "request_id"} (plus "detail",
 a short non-secret string, when a request has one: key release records the workload's
-identity and the release policy that decided) and
-signature = ECDSA-P256-SHA256(DER) over body. The first record (seq 0, op "audit.genesis")
-carries the audit public key so a log file can be checked on its own; `audit verify` also
-accepts the expected key fingerprint.
+identity and the release policy that decided). One signature per batch: the batch's last
+record carries ECDSA-P256-SHA256(DER) over its body, whose `prev` links it to every record
+before it, so that one signature covers the chain head and with it the whole batch; the
+others carry an empty signature. The host stores a batch atomically, so a log always ends on
+a signed record; unsigned records after the last signature are not the enclave's. The first
+record (seq 0, op "audit.genesis") carries the audit public key so a log file can be checked
+on its own; `audit verify` also accepts the expected key fingerprint.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ MAX_BATCH = 1024  # records per audit_append OCALL (the EDL allows 4096)
 _REFUSED = "audit log unavailable: operation not acknowledged"
 log = logging.getLogger("enclave_kms.enclave")
 
+_ECDSA = ec.ECDSA(hashes.SHA256())
 _FIELDS = ("seq", "prev", "time", "actor", "op", "target", "outcome", "request_id")
 _DETAIL = "detail"  # optional: absent from records that have none (and from older logs)
 MAX_DETAIL = 1024
@@ -59,10 +63,22 @@ class AuditEvent:
     detail: str = ""
 
 
-def _encode(body: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
+def _encode(body: dict[str, Any], key: ec.EllipticCurvePrivateKey | None) -> tuple[bytes, bytes]:
+    """(wire record, its hash); signed when `key` is given (the last record of a batch)."""
     raw = cbor2.dumps(body, canonical=True)
-    sig = key.sign(raw, ec.ECDSA(hashes.SHA256()))
+    sig = key.sign(raw, _ECDSA) if key is not None else b""
     return cbor2.dumps([raw, sig]), hashlib.sha256(raw).digest()
+
+
+def _signed_by(public: ec.EllipticCurvePublicKey, raw: bytes, sig: object) -> bool:
+    """Whether a record carries a valid signature (False for an inner record of a batch)."""
+    if not isinstance(sig, bytes) or not sig:
+        return False
+    try:
+        public.verify(sig, raw, _ECDSA)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _decode(blob: bytes, index: int) -> tuple[bytes, bytes, dict[str, Any]]:
@@ -82,7 +98,9 @@ def _decode(blob: bytes, index: int) -> tuple[bytes, bytes, dict[str, Any]]:
 
 
 class AuditLog:
-    """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns).
+    """The enclave's writer. `append_fn` is the audit_append OCALL (durable when it returns);
+    `commit_fn(records, seq, prev)`, when given, replaces `append_fn` + `persist_head` for a
+    batch: it stores the records and the sealed head moved to (seq, prev) at once.
 
     One writer thread owns the chain: requests queue their events and wait (a thread on a
     condition, a coroutine on a future: `record_async` costs the event loop no thread hop),
@@ -100,16 +118,18 @@ class AuditLog:
     def __init__(
         self,
         key: ec.EllipticCurvePrivateKey,
-        append_fn: Callable[[list[bytes]], None],
+        append_fn: Callable[[list[bytes]], object],
         *,
         head: tuple[int, bytes] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         persist_head: Callable[[int, bytes], None] | None = None,
         tail_fn: Callable[[int], Sequence[bytes]] | None = None,
+        commit_fn: Callable[[list[bytes], int, bytes], None] | None = None,
     ) -> None:
         self._key = key
         self._append = append_fn
         self._persist_head = persist_head
+        self._commit = commit_fn
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: list[AuditEvent] = []
@@ -143,9 +163,12 @@ class AuditLog:
         if blob is not None:
             try:
                 raw, sig, body = _decode(blob, seq)
-                self._key.public_key().verify(sig, raw, ec.ECDSA(hashes.SHA256()))
-                ok = body["seq"] == seq and hashlib.sha256(raw).digest() == self._prev
-            except (AuditError, InvalidSignature, TypeError):
+                ok = (
+                    _signed_by(self._key.public_key(), raw, sig)
+                    and body["seq"] == seq
+                    and hashlib.sha256(raw).digest() == self._prev
+                )
+            except AuditError:
                 ok = False
         if not ok:
             raise StateRollbackError(
@@ -156,18 +179,24 @@ class AuditLog:
 
     def _adopt_tail(self, tail: Sequence[bytes]) -> None:
         """Move the head past the records the host holds beyond it, as far as they are ours:
-        signed by our key, in sequence, each linked to the one before."""
+        in sequence, each linked to the one before, up to the last one signed by our key (a
+        batch's signature covers the records before it; unsigned ones after the last
+        signature are nobody's)."""
         public = self._key.public_key()
-        seq, prev = self._next_seq, self._prev
+        seq, prev = self._next_seq, self._prev  # the last point a signature covers
+        at, link = seq, prev
         for blob in tail:
             try:
-                raw, sig, body = _decode(blob, seq)
-                public.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
-            except (AuditError, InvalidSignature, TypeError):
+                raw, sig, body = _decode(blob, at)
+            except AuditError:
                 break  # not ours: the chain continues from the last one that is
-            if body["seq"] != seq or body["prev"] != prev:
+            if body["seq"] != at or body["prev"] != link:
                 break
-            seq, prev = seq + 1, hashlib.sha256(raw).digest()
+            at, link = at + 1, hashlib.sha256(raw).digest()
+            if sig:
+                if not _signed_by(public, raw, sig):
+                    break
+                seq, prev = at, link
         if seq != self._next_seq:
             self._next_seq, self._prev = seq, prev
             if self._persist_head is not None:
@@ -276,14 +305,19 @@ class AuditLog:
 
     def _write(self, batch: list[AuditEvent], seq: int, prev: bytes) -> tuple[int, bytes]:
         wire: list[bytes] = []
-        for queued in batch:
-            body = {"seq": seq, "prev": prev, "time": self._clock().isoformat()}
+        last = len(batch) - 1
+        now = self._clock().isoformat()  # one batch, one moment
+        for index, queued in enumerate(batch):
+            body = {"seq": seq, "prev": prev, "time": now}
             body.update({f: getattr(queued, f) for f in _FIELDS[3:]})
             if queued.detail:
                 body[_DETAIL] = queued.detail[:MAX_DETAIL]
-            blob, prev = _encode(body, self._key)
+            blob, prev = _encode(body, self._key if index == last else None)
             wire.append(blob)
             seq += 1
+        if self._commit is not None:  # records and sealed head in one host transaction
+            self._commit(wire, seq, prev)
+            return seq, prev
         self._append(wire)
         if self._persist_head is not None:
             # The sealed head lets a restarted enclave continue the chain, and shows a host
@@ -360,15 +394,22 @@ class VerifiedAudit:
     records: int
     public_key_sha256: str
     last_hash: bytes
+    batches: int = 0
+    """Signed records: one per group-committed batch."""
 
 
 def verify_chain(records: Sequence[bytes], expected_key_sha256: str | None = None) -> VerifiedAudit:
-    """Check sequence, links and signatures; the error names the first bad record."""
+    """Check sequence, links and each batch's signature; the error names the first bad record.
+
+    A record is covered by the next signed record at or after it (its batch's last), so a
+    log whose last records carry no signature fails: nothing vouches for them."""
     if not records:
         raise AuditError("audit log is empty (no genesis record)")
     prev = GENESIS_PREV
     key: ec.EllipticCurvePublicKey | None = None
     key_hash = ""
+    batches = 0
+    unsigned_from: int | None = None
     for index, blob in enumerate(records):
         raw, sig, body = _decode(blob, index)
         if body["seq"] != index:
@@ -389,9 +430,16 @@ def verify_chain(records: Sequence[bytes], expected_key_sha256: str | None = Non
             if expected_key_sha256 is not None and key_hash != expected_key_sha256.lower():
                 raise AuditError("audit log is signed by another key than expected")
         assert key is not None
-        try:
-            key.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, TypeError):
-            raise AuditError(f"audit record {index} has an invalid signature") from None
+        if sig == b"":
+            unsigned_from = index if unsigned_from is None else unsigned_from
+        elif _signed_by(key, raw, sig):
+            unsigned_from, batches = None, batches + 1
+        else:
+            raise AuditError(f"audit record {index} has an invalid signature")
         prev = hashlib.sha256(raw).digest()
-    return VerifiedAudit(len(records), key_hash, prev)
+    if unsigned_from is not None:
+        raise AuditError(
+            f"audit records {unsigned_from}-{len(records) - 1} are covered by no signature "
+            "(their batch's signed last record is missing)"
+        )
+    return VerifiedAudit(len(records), key_hash, prev, batches)

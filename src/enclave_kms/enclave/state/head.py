@@ -51,6 +51,8 @@ from enclave_kms.errors import ConflictError, IntegrityError, StateRollbackError
 log = logging.getLogger("enclave_kms.enclave")
 
 HEAD_ID = ("config", "state-head")
+HeadPut = Callable[[str, str, int, bytes], bool]
+"""A compare-and-set `put(kind, id, expected_version, blob)` of the head record."""
 TRACKED_KINDS = ("config", "key", "token")
 _MAGIC = b"EKH1"
 _FORMAT = 1
@@ -469,15 +471,25 @@ class StateTracker:
         """records_changed: a hint to re-read, never permission to go back (nothing to do
         here: the known version stays the floor)."""
 
-    def audit_advanced(self, worker: int, seq: int, prev: bytes) -> None:
+    def audit_advanced(
+        self, worker: int, seq: int, prev: bytes, put: HeadPut | None = None
+    ) -> None:
         """The audit batch up to `seq` is durable: record it in the head (this write also
-        drops the intents of the writes that completed before it)."""
+        drops the intents of the writes that completed before it). With `put`, the head is
+        written by it instead of the backend's `put`: the audit_append OCALL that stores the
+        batch and the head in one transaction, so a batch costs one crossing and one fsync."""
         with self._lock:
-            self._write(lambda h: replace(h, audit={**h.audit, worker: (seq, prev)}))
+            self._write(lambda h: replace(h, audit={**h.audit, worker: (seq, prev)}), put=put)
 
     # ------------------------------------------------------------------ writing the head
 
-    def _write(self, change: Callable[[Head], Head], *, expect_absent: bool = False) -> None:
+    def _write(
+        self,
+        change: Callable[[Head], Head],
+        *,
+        expect_absent: bool = False,
+        put: HeadPut | None = None,
+    ) -> None:
         """Apply `change` to the current head and store it (CAS); on a conflict (another
         worker wrote), read theirs, check it is newer, and apply our change on top."""
         for _ in range(_CAS_RETRIES):
@@ -490,7 +502,7 @@ class StateTracker:
                 new = replace(change(base), generation=1, pending=mine)
             blob = new.sign(self._key)
             version = 0 if expect_absent else self._head_version
-            if self._backend.put(*HEAD_ID, version, blob):
+            if (put or self._backend.put)(*HEAD_ID, version, blob):
                 self._head, self._head_version, self._signed = new, version + 1, blob
                 if self.on_head is not None:
                     self.on_head(new, blob)

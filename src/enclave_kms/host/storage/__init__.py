@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+RecordPut = tuple[str, str, int, bytes]
+"""(kind, id, expected_version, blob): a compare-and-set `put` riding on an audit append."""
+
 SCHEMA_VERSION = 2
 """1: records + one audit chain. 2: the audit table gains a `chain` column (one chain per
 enclave worker); a version-1 database is migrated on open (its records are chain 0)."""
@@ -32,8 +35,12 @@ class Storage(Protocol):
     def delete(self, kind: str, id: str, expected_version: int) -> bool:
         """Delete iff the stored version is `expected_version`."""
 
-    def audit_append(self, records: list[bytes], chain: int = 0) -> None:
-        """Append records to audit chain `chain` durably, in order, atomically as one batch."""
+    def audit_append(
+        self, records: list[bytes], chain: int = 0, put: RecordPut | None = None
+    ) -> bool:
+        """Append records to audit chain `chain` durably, in order, atomically as one batch.
+        With `put` (kind, id, expected_version, blob), also `put` that record in the same
+        transaction; False, and nothing written, if its compare-and-set fails."""
 
     def audit_tail(self, from_seq: int, limit: int, chain: int = 0) -> list[bytes]:
         """At most `limit` records of chain `chain` from position `from_seq` (0-based) on."""

@@ -30,7 +30,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from enclave_kms.errors import ConfigError, StorageError
-from enclave_kms.host.storage import SCHEMA_VERSION
+from enclave_kms.host.storage import SCHEMA_VERSION, RecordPut
 
 T = TypeVar("T")
 
@@ -328,22 +328,7 @@ class PostgresStorage:
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def put(self, kind: str, id: str, expected_version: int, blob: bytes) -> bool:
-        def write(conn: psycopg.Connection[Any]) -> bool:
-            if expected_version == 0:
-                cur = conn.execute(
-                    "INSERT INTO records(kind, id, version, blob) VALUES (%s, %s, 1, %s) "
-                    "ON CONFLICT (kind, id) DO NOTHING",
-                    (kind, id, blob),
-                )
-            else:
-                cur = conn.execute(
-                    "UPDATE records SET version = version + 1, blob = %s "
-                    "WHERE kind = %s AND id = %s AND version = %s",
-                    (blob, kind, id, expected_version),
-                )
-            return cur.rowcount == 1
-
-        return self._write(write)
+        return self._write(lambda conn: _put(conn, (kind, id, expected_version, blob)))
 
     def list_ids(self, kind: str, after: str, limit: int) -> list[str]:
         with self._conn() as conn:
@@ -364,8 +349,12 @@ class PostgresStorage:
             )
         )
 
-    def audit_append(self, records: list[bytes], chain: int = 0) -> None:
+    def audit_append(
+        self, records: list[bytes], chain: int = 0, put: RecordPut | None = None
+    ) -> bool:
         def append(conn: psycopg.Connection[Any]) -> None:
+            if put is not None and not _put(conn, put):
+                raise _PutRefused  # rolls the transaction back: nothing of the batch is kept
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO audit(chain, record) VALUES (%s, %s)",
@@ -374,8 +363,11 @@ class PostgresStorage:
 
         try:
             self._write(append)
+        except _PutRefused:
+            return False
         except StorageError as exc:
             raise StorageError(f"audit append failed: {exc.message}") from None
+        return True
 
     def audit_tail(self, from_seq: int, limit: int, chain: int = 0) -> list[bytes]:
         return self._audit(
@@ -423,3 +415,25 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class _PutRefused(Exception):
+    """The compare-and-set riding on an audit append lost: roll the whole batch back."""
+
+
+def _put(conn: psycopg.Connection[Any], put: RecordPut) -> bool:
+    """Compare-and-set one record inside the caller's transaction."""
+    kind, id, expected_version, blob = put
+    if expected_version == 0:
+        cur = conn.execute(
+            "INSERT INTO records(kind, id, version, blob) VALUES (%s, %s, 1, %s) "
+            "ON CONFLICT (kind, id) DO NOTHING",
+            (kind, id, blob),
+        )
+    else:
+        cur = conn.execute(
+            "UPDATE records SET version = version + 1, blob = %s "
+            "WHERE kind = %s AND id = %s AND version = %s",
+            (blob, kind, id, expected_version),
+        )
+    return cur.rowcount == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave_kms.errors import StorageError
-from enclave_kms.host.storage import SCHEMA_VERSION
+from enclave_kms.host.storage import SCHEMA_VERSION, RecordPut
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -116,14 +116,22 @@ class SQLiteStorage:
         return None if not rows else (int(rows[0][0]), bytes(rows[0][1]))
 
     def put(self, kind: str, id: str, expected_version: int, blob: bytes) -> bool:
+        try:
+            with self._lock:
+                return self._put(kind, id, expected_version, blob)
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage failure: {exc}") from None
+
+    def _put(self, kind: str, id: str, expected_version: int, blob: bytes) -> bool:
+        """The compare-and-set itself; caller holds the writer lock."""
         if expected_version == 0:
-            cur = self._run(
+            cur = self._db.execute(
                 "INSERT INTO records(kind, id, version, blob) VALUES (?, ?, 1, ?) "
                 "ON CONFLICT(kind, id) DO NOTHING",
                 (kind, id, blob),
             )
         else:
-            cur = self._run(
+            cur = self._db.execute(
                 "UPDATE records SET version=version+1, blob=? WHERE kind=? AND id=? AND version=?",
                 (blob, kind, id, expected_version),
             )
@@ -142,11 +150,16 @@ class SQLiteStorage:
         )
         return cur.rowcount == 1
 
-    def audit_append(self, records: list[bytes], chain: int = 0) -> None:
+    def audit_append(
+        self, records: list[bytes], chain: int = 0, put: RecordPut | None = None
+    ) -> bool:
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
+                    if put is not None and not self._put(*put):
+                        self._db.execute("ROLLBACK")
+                        return False
                     self._db.executemany(
                         "INSERT INTO audit(record, chain) VALUES (?, ?)",
                         [(r, chain) for r in records],
@@ -155,6 +168,7 @@ class SQLiteStorage:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
+                return True
         except sqlite3.Error as exc:
             raise StorageError(f"audit append failed: {exc}") from None
 
