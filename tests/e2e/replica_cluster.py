@@ -41,6 +41,8 @@ class Replica:
     port: int
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    platform_dir: Path | None = None  # another simulated CPU (default: the cluster's)
+    join: str | None = None  # a running replica to obtain the storage root key from
 
     @property
     def url(self) -> str:
@@ -67,7 +69,7 @@ class Cluster:
             "--data-dir",
             str(replica.data_dir),
             "--platform-dir",
-            str(self.platform_dir),
+            str(replica.platform_dir or self.platform_dir),
             "--image",
             str(self.image.directory),
             "--storage",
@@ -77,6 +79,8 @@ class Cluster:
         ]
         for peer in self.peers_of(replica):
             args += ["--peer", peer]
+        if replica.join is not None:
+            args += ["--join", replica.join]
         log = (self.base / f"replica-{replica.id}.log").open("ab")
         replica.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -167,7 +171,10 @@ def cluster(base: Path, storage: str, count: int) -> Iterator[Cluster]:
     found = Cluster(base, storage, platform_dir, image)
     found.replicas = [Replica(i + 1, free_port(), base / f"r{i + 1}") for i in range(count)]
     try:
-        for replica in found.replicas:
+        first, *others = found.replicas
+        found.start(first, wait_ready=False)  # it creates the installation's records
+        found.wait_up(first)
+        for replica in others:
             found.start(replica, wait_ready=False)
         for replica in found.replicas:
             found.wait_ready(replica)

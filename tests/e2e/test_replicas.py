@@ -6,6 +6,7 @@ one simulated CPU (the join by mutual attestation across CPUs is tested elsewher
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from enclave_kms.errors import (
     StateRollbackError,
     UnauthenticatedError,
 )
-from tests.e2e.replica_cluster import Cluster, cluster
+from tests.e2e.replica_cluster import CLI, Cluster, Replica, cluster, free_port
 from tests.pg_server import PostgresServer, fresh_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -151,6 +152,38 @@ def test_kill_9_of_a_replica_loses_no_acknowledged_write(three: Cluster, admin: 
     three.start(victim)  # it comes back: a majority confirms its state, it serves again
     with _client(three, three.replicas.index(victim), admin) as back:
         assert back.get_key(acked[-1]).name == acked[-1]
+
+
+def test_a_replica_on_another_cpu_joins_by_attestation_and_serves_beside_the_others(
+    three: Cluster, admin: str
+) -> None:
+    """Join (custody/) and replicas together: a new simulated CPU under the same root cannot
+    unseal the storage root key, obtains it from a live replica by mutual attestation, seals
+    it to itself, and serves the same installation at once, consistent with the others."""
+    cpu_b = three.base / "cpu-b"
+    subprocess.run(
+        [CLI, "platform", "init", "--dir", str(cpu_b), "--root-from", str(three.platform_dir)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    joiner = Replica(9, free_port(), three.base / "r9", platform_dir=cpu_b)
+    joiner.join = three.replicas[0].url
+    three.replicas.append(joiner)
+    try:
+        three.start(joiner)
+        # it serves, so it joined: CPU B unseals nothing the others sealed
+        with _client(three, 0, admin) as a:
+            a.create_key("joined-cpu")
+            ciphertext = a.encrypt("joined-cpu", b"from A")
+        with _client(three, 3, admin) as d:
+            assert d.decrypt("joined-cpu", ciphertext) == b"from A"
+            d.rotate_key("joined-cpu")
+        with _client(three, 1, admin) as b:
+            assert b.get_key("joined-cpu").latest_version == 2
+    finally:
+        three.stop(joiner)
+        three.replicas.remove(joiner)
 
 
 def test_a_restored_older_database_is_refused_live_and_on_restart(

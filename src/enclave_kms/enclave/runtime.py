@@ -65,6 +65,7 @@ from enclave_kms.errors import (
     SealingError,
     StateRollbackError,
     UnsupportedFormatError,
+    VersionConflict,
 )
 from enclave_kms.platform.base import KeyPolicy, TeeBackend
 from enclave_kms.platform.threads import HTTP_BLOCKING_THREADS
@@ -333,7 +334,10 @@ class EnclaveRuntime:
                     cause="audit-key-missing",
                     message="the audit key of this initialized installation is missing",
                 )
-            store.put("config", "audit-key", 0, tls.key_to_der(tls.generate_tls_key()))
+            try:
+                store.put("config", "audit-key", 0, tls.key_to_der(tls.generate_tls_key()))
+            except VersionConflict:
+                pass  # another worker or replica of this new installation created it first
             found = store.get("config", "audit-key")
             if found is None:
                 raise StateRollbackError(
