@@ -18,14 +18,15 @@ store under the storage root key (one frozen `Initialized`); every ECALL that ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import ssl
 import threading
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -41,7 +42,8 @@ from enclave_kms.enclave import tls
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
 from enclave_kms.enclave.api.recovery_app import SwitchableApp, recovery_app
 from enclave_kms.enclave.channel_ecalls import ChannelEcalls, ChannelSide
-from enclave_kms.enclave.custody.joiner import SRK_AAD, Found, Joined, ReplicaSettings
+from enclave_kms.enclave.config import RuntimeConfig, here, open_backend
+from enclave_kms.enclave.custody.joiner import SRK_AAD, Found, Joined
 from enclave_kms.enclave.custody.recovery import RecoveryEvent, RecoverySession, start_session
 from enclave_kms.enclave.custody.service import Custody as ReplicaCustody
 from enclave_kms.enclave.custody.shares import Custody, SetStore
@@ -78,73 +80,6 @@ PEM_KEY_SIZE = 512  # the tutorial zero-pads the PEM public key to 512 bytes
 _TLS_AAD = b"enclave-kms/tls-key/v1"
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Non-secret settings the host passes to `initialize` (CBOR map)."""
-
-    platform: str
-    platform_dir: str = ""
-    listen_host: str = "127.0.0.1"
-    dns_names: tuple[str, ...] = ("localhost",)
-    channel: dict[str, Any] = field(default_factory=dict)
-    worker: int = 0  # several workers serve one store and port: this one's number
-    workers: int = 1
-    replica_id: int | None = None  # replicas on one PostgreSQL database (docs/replicas.md)
-    chain: int = 0  # this worker's audit chain: unique across the replicas of an installation
-    peers: tuple[str, ...] = ()  # the other replicas' URLs, asked to confirm the state head
-    transit_mount: str = "transit"  # where the Vault/OpenBao transit face is mounted
-    cert_lifetime: timedelta = tls.CERT_LIFETIME  # bounded: tls.MIN_/MAX_CERT_LIFETIME
-    recovery: bool = False  # may enter k-of-n recovery if the SRK does not unseal (custody/)
-    replica: ReplicaSettings = field(default_factory=ReplicaSettings)  # custody/joiner.py
-
-    @classmethod
-    def parse(cls, data: bytes) -> RuntimeConfig:
-        try:
-            raw = cbor2.loads(data)
-        except Exception:  # noqa: BLE001 - cbor2 raises many types on garbage
-            raise ConfigError("initialize: config is not CBOR") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("platform"), str):
-            raise ConfigError("initialize: config must be a map with a platform name")
-        try:
-            return cls(
-                platform=raw["platform"],
-                platform_dir=str(raw.get("platform_dir", "")),
-                listen_host=str(raw.get("listen_host", "127.0.0.1")),
-                dns_names=tuple(str(n) for n in raw.get("dns_names", ("localhost",))),
-                channel=dict(raw.get("channel") or {}),
-                worker=int(raw.get("worker", 0)),
-                workers=int(raw.get("workers", 1)),
-                replica_id=_optional_int(raw.get("replica_id")),
-                chain=int(raw.get("chain") or raw.get("worker") or 0),
-                peers=tuple(str(p) for p in raw.get("peers") or ()),
-                transit_mount=str(raw.get("transit_mount", "transit")),
-                recovery=raw.get("recovery") is True,
-                cert_lifetime=tls.bounded_lifetime(
-                    float(raw.get("cert_lifetime_seconds", tls.CERT_LIFETIME.total_seconds()))
-                ),
-                replica=ReplicaSettings.parse(dict(raw.get("replica") or {})),
-            )
-        except (TypeError, ValueError):
-            raise ConfigError("initialize: config fields have the wrong types") from None
-
-    @property
-    def replicated(self) -> bool:
-        return self.replica_id is not None
-
-    def scoped(self, name: str) -> str:
-        """A per-replica record name: replicas on one store each seal their own TLS key
-        (to their own CPU) and issue their own certificate; a lone server keeps the name."""
-        return name if self.replica_id is None else f"{name}-r{self.replica_id}"
-
-
-def _optional_int(value: object) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int):
-        raise TypeError("not an integer")
-    return value
-
-
 def _shared_port_socket(host: str, port: int) -> socket.socket:
     """A listening socket other workers can bind too (SO_REUSEPORT)."""
     family, kind, proto, _, address = socket.getaddrinfo(
@@ -167,27 +102,6 @@ async def _serve_bounded(server: uvicorn.Server, sockets: list[socket.socket] | 
     of 40 threads would exceed the enclave's thread slots: platform/threads.py)."""
     anyio.to_thread.current_default_thread_limiter().total_tokens = HTTP_BLOCKING_THREADS
     await server.serve(sockets=sockets)
-
-
-def open_backend(config: RuntimeConfig) -> TeeBackend:
-    """The TEE this process runs in. Simulation: the platform directory is the 'CPU'."""
-    if config.platform == "sim":
-        from enclave_kms.platform.sim.loader import running_identity
-        from enclave_kms.platform.sim.platform import SimPlatform
-
-        return SimPlatform.open(config.platform_dir).enclave(running_identity())
-    if config.platform == "gramine":
-        from enclave_kms.platform.gramine import GramineBackend
-
-        return GramineBackend()
-    raise ConfigError(f"initialize: unknown platform {config.platform!r}")
-
-
-def _here(config: RuntimeConfig) -> str:
-    """Suffix of per-CPU records (the TLS key, sealed under MRENCLAVE, and its shared
-    certificate): replicas of one build on several CPUs each keep their own."""
-    platform_id = config.replica.platform_id
-    return "" if platform_id == "local" else f"@{platform_id}"
 
 
 @dataclass(frozen=True)
@@ -221,7 +135,7 @@ class Initialized:
     def certificate_id(self) -> str:
         """The sealed record holding this build's RA-TLS certificate (shared by workers)."""
         return self.config.scoped(
-            f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{_here(self.config)}"
+            f"tls-certificate-{self.backend.identity.mr_enclave.hex()[:32]}{here(self.config)}"
         )
 
 
@@ -334,10 +248,9 @@ class EnclaveRuntime:
                     cause="audit-key-missing",
                     message="the audit key of this initialized installation is missing",
                 )
-            try:
+            # Another worker or replica of this new installation may have created it first.
+            with contextlib.suppress(VersionConflict):
                 store.put("config", "audit-key", 0, tls.key_to_der(tls.generate_tls_key()))
-            except VersionConflict:
-                pass  # another worker or replica of this new installation created it first
             found = store.get("config", "audit-key")
             if found is None:
                 raise StateRollbackError(
@@ -384,7 +297,7 @@ class EnclaveRuntime:
             ident = backend.identity
             tls_der = self._sealed_secret(
                 backend,
-                cfg.scoped(f"tls-key-{ident.mr_enclave.hex()[:32]}{_here(cfg)}"),
+                cfg.scoped(f"tls-key-{ident.mr_enclave.hex()[:32]}{here(cfg)}"),
                 KeyPolicy.MRENCLAVE,
                 _TLS_AAD,
                 lambda: tls.key_to_der(tls.generate_tls_key()),
@@ -697,7 +610,7 @@ class EnclaveRuntime:
         client that pinned it sees one server whichever worker its connection reaches."""
         key, cfg, ready = booted.tls_key, booted.config, self._initialized
         cert_id = cfg.scoped(
-            f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}{_here(cfg)}"
+            f"tls-certificate-{booted.backend.identity.mr_enclave.hex()[:32]}{here(cfg)}"
         )
         found = None if ready is None else ready.store.get("config", cert_id)  # None: recovery
         if cfg.worker > 0 and found is not None:
