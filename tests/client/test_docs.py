@@ -38,6 +38,7 @@ def test_sdk_examples_run(
     monkeypatch.setenv("ENCLAVE_KMS_TOKEN", real_kms.token)
     monkeypatch.setenv("ENCLAVE_KMS_POLICY", str(policy))
     monkeypatch.setenv("ENCLAVE_KMS_TRUST_ROOT", str(real_kms.root_path))
+    monkeypatch.chdir(tmp_path)  # the examples write files (an officer's share)
     namespace: dict[str, object] = {"__name__": "sdk_examples"}
     for number, block in enumerate(blocks, 1):
         code = compile(block, f"docs/sdk.md python block {number}", "exec")
