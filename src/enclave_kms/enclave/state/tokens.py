@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
+from enclave_kms import wire
 from enclave_kms.enclave.state.store import INIT_MARKER, RecordStore, all_ids, retry_on_conflict
 from enclave_kms.errors import (
     ConflictError,
@@ -48,25 +49,9 @@ from enclave_kms.errors import (
 
 Clock = Callable[[], datetime]
 
-KEY_OPERATIONS = frozenset(
-    {
-        "encrypt",
-        "decrypt",
-        "rewrap",
-        "datakey",
-        "sign",
-        "verify",
-        "hmac",
-        "keys.read",
-        "keys.write",
-        "keys.delete",
-        "keys.import",
-        "keys.export",
-        "release",  # key release to attested workloads (keys/release.py)
-    }
-)
+OPERATIONS = frozenset(wire.OPERATIONS)  # the one list of grantable operations (wire/)
 GLOBAL_OPERATIONS = frozenset({"random", "tokens.manage", "audit.read", "sys"})
-OPERATIONS = KEY_OPERATIONS | GLOBAL_OPERATIONS
+KEY_OPERATIONS = OPERATIONS - GLOBAL_OPERATIONS  # scoped by key-name patterns
 LATER_OPERATIONS = frozenset({"release"})
 """Added after installations existed: a full admin issued before them still counts as one
 (the last-admin rule must keep protecting it), though it cannot grant what it lacks."""
