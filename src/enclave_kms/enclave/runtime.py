@@ -517,6 +517,9 @@ class EnclaveRuntime:
                 lifespan="off",
                 loop="uvloop",  # both measured: docs/performance.md
                 http="httptools",
+                # Clients connect to the enclave directly: no proxy's X-Forwarded-For is
+                # trusted (uvicorn trusts loopback's by default), and the layer is gone.
+                proxy_headers=False,
                 limit_max_requests=None if keep_server_up else 1,
                 timeout_keep_alive=30,
                 timeout_graceful_shutdown=2,  # in-flight requests finish; idle keep-alives close

@@ -3,8 +3,9 @@
 `create_app(ctx)` builds a FastAPI app over the services in `AppContext`. The runtime serves
 it over RA-TLS inside the enclave; tests drive it in process.
 
-Audit placement. `AuditMiddleware` is a pure ASGI middleware around the whole app (inside
-Starlette's outermost error middleware, outside routing and the exception handlers). It gives
+Audit placement. `AuditMiddleware` is a pure ASGI middleware around the whole app (the
+outermost layer: `KMSApp` leaves out FastAPI's own outer layers, see there; outside routing
+and the exception handlers). It gives
 every request a request id and an audit slot; routes fill in the operation, target and actor
 (`api_support.AuditedRoute`), error handlers fill in the outcome (`http_errors`). When the app
 sends `http.response.start`, the middleware holds it, waits until the `AuditEvent` is durable
@@ -32,8 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave_kms.enclave.api import (
@@ -113,6 +117,30 @@ def _operation(scope: Scope, slot: RequestSlot) -> str:
     return "docs" if scope.get("path") in _DOC_PATHS else "unknown"
 
 
+def _answer_failure(exc: Exception, scope: Scope, slot: RequestSlot) -> Response:
+    """What a request that raised before answering gets: 413 for the body limit, else the
+    opaque 500 (the details go to the log only)."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 413:
+        return error_response(scope, 413, "payload_too_large", "request body is too large")
+    logger.error(
+        "unexpected %s on %s (request %s)",
+        describe_exception(exc),
+        route_label(scope),
+        slot.request_id,
+    )
+    return error_response(scope, 500, "internal", INTERNAL_MESSAGE)
+
+
+async def _last_resort(
+    exc: Exception, scope: Scope, receive: Receive, send: Send, slot: RequestSlot
+) -> None:
+    """Answering the failure failed too (the host gone mid-answer, say), and there is no
+    outer error middleware (KMSApp): the opaque typed 500, unaudited since auditing is what
+    failed; never a text/plain one."""
+    logger.error("unexpected %s answering request %s", describe_exception(exc), slot.request_id)
+    await error_response(scope, 500, "internal", INTERNAL_MESSAGE)(scope, receive, send)
+
+
 class AuditMiddleware:
     """Request ids, the body-size limit, and the audit record of every response (see the
     module docstring). Pure ASGI so it adds no per-request task or body copy."""
@@ -170,8 +198,7 @@ class AuditMiddleware:
                     started = True
                     await self._send_audit_failure(send, slot)
                     return
-                headers = list(message.get("headers", ()))
-                headers.append((b"x-request-id", slot.request_id.encode("ascii")))
+                headers = [*message.get("headers", ()), (b"x-request-id", slot.request_id.encode())]
                 if self.state_head is not None:
                     # Read after this request's audit batch (and so its head) is durable.
                     headers.append((STATE_HEADER, self.state_head().encode("ascii")))
@@ -185,19 +212,19 @@ class AuditMiddleware:
         except Exception as exc:
             if started:
                 raise
-            if isinstance(exc, StarletteHTTPException) and exc.status_code == 413:
-                response = error_response(
-                    scope, 413, "payload_too_large", "request body is too large"
-                )
-            else:
+            try:
+                await _answer_failure(exc, scope, slot)(scope, receive, audited_send)
+            except Exception as again:
+                if started:
+                    raise
+                # The last resort (no outer error middleware: KMSApp): the opaque typed 500,
+                # unaudited since auditing is what failed; never a text/plain one.
                 logger.error(
-                    "unexpected %s on %s (request %s)",
-                    describe_exception(exc),
-                    route_label(scope),
+                    "unexpected %s answering request %s",
+                    describe_exception(again),
                     slot.request_id,
                 )
-                response = error_response(scope, 500, "internal", INTERNAL_MESSAGE)
-            await response(scope, receive, audited_send)
+                await error_response(scope, 500, "internal", INTERNAL_MESSAGE)(scope, receive, send)
 
     async def _record(self, scope: Scope, slot: RequestSlot, status: int) -> bool:
         outcome = slot.outcome or ("ok" if status < 400 else code_for_status(status))
@@ -255,6 +282,33 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+class KMSApp(FastAPI):
+    """FastAPI with our middleware (`AuditMiddleware`, then `HotPath`) as the outermost layers.
+
+    FastAPI's own outer layers are left out because `AuditMiddleware` already does their
+    work, and each costs every request a coroutine and a wrapped `send` (measured:
+    docs/performance.md, "The request path"): Starlette's `ServerErrorMiddleware` (the audit
+    middleware answers an unexpected exception with the one typed 500 and never re-raises
+    it), FastAPI's body-size limit (ours counts the bytes and answers 413 in the typed error
+    shape) and FastAPI's OpenTelemetry middleware (telemetry is off: an enclave exports no traces;
+    the metrics are `/v1/metrics`). What stays inside, as in FastAPI, is the exception handling
+    of the routes (the typed errors) and the exit stack of their dependencies."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # No OpenTelemetry from inside the enclave, whatever the environment says (FastAPI
+        # checks its providers on every request otherwise, and may export from env settings).
+        off = {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+        super().__init__(telemetry=off, **kwargs)  # type: ignore[arg-type]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        app: ASGIApp = AsyncExitStackMiddleware(self.router)
+        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
 def create_app(
     ctx: AppContext, *, transit_mount: str = DEFAULT_MOUNT, hot_path: bool = True
 ) -> FastAPI:
@@ -262,7 +316,7 @@ def create_app(
     audited; see the module docstring. `hot_path` serves the cryptographic key routes with
     the thin dispatcher of api/hot.py (False: FastAPI serves every route, the reference the
     differential test compares it with)."""
-    app = FastAPI(
+    app = KMSApp(
         title=API_TITLE,
         version=API_VERSION,
         description=(

@@ -201,8 +201,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EnclaveKMSError, _typed_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    # Last resort (Starlette's outermost middleware calls it): never a text/plain 500, even
-    # when the host is gone and nothing else can answer.
+    # Last resort of an app with Starlette's outer error middleware (the recovery app; the
+    # KMS app's AuditMiddleware answers unexpected exceptions itself): never a text/plain 500.
     app.add_exception_handler(Exception, _unexpected)
 
 

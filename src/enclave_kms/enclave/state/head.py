@@ -32,6 +32,7 @@ close it with a quorum.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -113,9 +114,10 @@ class Head:
         not the audit heads, which move with every request."""
         return self.set_sum, self.count, self.pending
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
-        """SHA-256 of the signed body: the hash clients remember with the generation."""
+        """SHA-256 of the signed body: the hash clients remember with the generation (every
+        response carries it; a head is immutable, so it is computed once)."""
         return hashlib.sha256(self.body()).digest()
 
     def sign(self, key: ec.EllipticCurvePrivateKey) -> bytes:

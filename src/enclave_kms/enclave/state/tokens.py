@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -223,6 +224,11 @@ def _is_full(policies: Sequence[TokenPolicy]) -> bool:
     return granted >= OPERATIONS - LATER_OPERATIONS
 
 
+def _root_admin(info: TokenInfo) -> bool:
+    """Every operation on every key, no expiry, no issuer: what `sys/init` issues."""
+    return info.expires_at is None and not info.ancestors and _is_full(info.policies)
+
+
 def _time(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -236,6 +242,13 @@ def _time(value: Any) -> datetime | None:
 class _TokenRecord:
     info: TokenInfo
     secret_sha256: bytes = field(repr=False)
+
+    @functools.cached_property
+    def principal(self) -> Principal:
+        """The caller this record authenticates: built once per record version (the parsed
+        record is cached with its version, so a revocation or any change makes a new one)."""
+        i = self.info
+        return Principal(i.id, i.name, i.policies, i.ancestors, i.expires_at, root=_root_admin(i))
 
     def to_value(self) -> dict[str, Any]:
         i = self.info
@@ -448,7 +461,7 @@ class TokenService:
             if record.info.revoked_at is not None:
                 return record.info
             revoked = replace(record, info=replace(record.info, revoked_at=self._now()))
-            if not self._is_root_admin(record.info):
+            if not _root_admin(record.info):
                 self._store.put("token", token_id, version, revoked.to_value())
                 return revoked.info
             with self._root_lock:
@@ -462,11 +475,6 @@ class TokenService:
 
         return retry_on_conflict(attempt, f"token {token_id}")
 
-    @staticmethod
-    def _is_root_admin(info: TokenInfo) -> bool:
-        """Every operation on every key, no expiry, no issuer: what `sys/init` issues."""
-        return info.expires_at is None and not info.ancestors and _is_full(info.policies)
-
     def _other_root_admin(self, revoking: str) -> bool:
         """Whether a live never-expiring full admin remains once `revoking` (and hence its
         descendants) is revoked."""
@@ -477,7 +485,7 @@ class TokenService:
             info = found[1].info
             if revoking in info.ancestors or info.revoked_at is not None:
                 continue
-            if self._is_root_admin(info) and self._lineage_live(info):
+            if _root_admin(info) and self._lineage_live(info):
                 return True
         return False
 
@@ -515,14 +523,7 @@ class TokenService:
             raise UnauthenticatedError("token expired")
         if info.ancestors and not self._lineage_live(info):
             raise UnauthenticatedError("token revoked (an issuing token was revoked)")
-        return Principal(
-            info.id,
-            info.name,
-            info.policies,
-            info.ancestors,
-            info.expires_at,
-            root=self._is_root_admin(info),
-        )
+        return found[1].principal
 
     @staticmethod
     def allowed(principal: Principal, operation: str, key_name: str | None = None) -> bool:
