@@ -207,3 +207,23 @@ def test_soak_verdict_names_each_failure() -> None:
     assert verdict([*steady, window(6, 55.0, 100.0, errors=2)]) == ["2 errors"]
     assert verdict([*steady, window(6, 55.0, 106.0)])[0].startswith("RSS grew 6.0 %")
     assert verdict([*steady, window(6, 400.0, 100.0)])[0].startswith("p99 unstable")
+
+
+def test_cpu_budget_accounts_a_process_tree_and_the_app_layer() -> None:
+    """bench/budget.py: the accounting finds this process's own CPU (it just burnt some),
+    and the in-process app layer answers every encrypt with 200 and counts its calls."""
+    import os
+    import time
+
+    from bench import budget
+
+    me = os.getpid()
+    before = budget.tree_cpu(me)["server"]
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    after = budget.tree_cpu(me)["server"]
+    assert after[0] + after[1] > before[0] + before[1]
+    layer = budget.app_layer(requests=640, concurrency=64)
+    assert layer["cpu_us_per_request"] > 0
+    assert layer["calls_per_request"] > 50  # a real request path, not an empty loop

@@ -75,6 +75,7 @@ def start(workdir: Path, workers: int) -> HttpTarget:
         base_url=base,
         ops={"hello": HttpOp("GET", "/v1/hello")},
         stop=proc.stop,
+        pid=proc.process.pid,
         extra={"processes": workers, "stack": "uvicorn+uvloop+httptools+asgi"},
     )
 

@@ -152,6 +152,7 @@ def start(workdir: Path) -> HttpTarget:
         base_url=base,
         ops=ops,
         stop=stop,
+        pid=proc.process.pid,
         extra={"auth": "root token", "storage": "inmem (dev)"},
         op_extra={
             "encrypt": {"bytes": 32, "key_type": "aes256-gcm96"},

@@ -476,3 +476,25 @@ def test_audit_error_from_a_route_is_503(
 
     monkeypatch.setattr(type(world.ctx.audit), "head", property(lambda self: fail()))
     _error(world.client.get("/v1/audit", headers=world.auth), 503, "audit_failed")
+
+
+def test_a_failure_while_answering_a_failure_is_still_the_typed_500(
+    world: World, keys: dict[str, str], caplog: Any
+) -> None:
+    """No outer error middleware (KMSApp): when even the 500 cannot be answered normally
+    (here the state head, read for every answer, is gone), the last resort is still the
+    opaque typed JSON 500, never text/plain and never a dropped connection."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    def gone() -> str:
+        raise RuntimeError("host gone mid-answer")
+
+    app = create_app(dataclasses.replace(world.ctx, state_head=gone))
+    with caplog.at_level(logging.ERROR), TestClient(app) as client:
+        for path in ("/v1/keys/e1/encrypt", "/v1/keys"):  # the hot path and FastAPI's
+            r = client.post(path, json={"plaintext": "AA=="}, headers=world.auth)
+            assert r.headers["content-type"] == "application/json"
+            _error(r, 500, "internal")
+    assert "answering request" in caplog.text
