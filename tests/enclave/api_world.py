@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_kms.enclave.api.app import AppContext, AttestationBundle, create_app
-from enclave_kms.enclave.custody.shares import Custody
+from enclave_kms.enclave.custody.shares import RecoveryCustody
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.state.audit import AuditLog
 from enclave_kms.enclave.state.cache import RecordCache
@@ -167,7 +167,7 @@ def make_world(
         attestation=attestation,
         identity=IDENTITY,
         max_body_bytes=max_body_bytes,
-        custody=Custody(storage, srk, lambda report_data: b"quote over " + report_data),
+        custody=RecoveryCustody(storage, srk, lambda report_data: b"quote over " + report_data),
     )
     client = TestClient(create_app(ctx))
     world = World(storage, clock, ctx, sink, attestation, client, cache=records, store=store)

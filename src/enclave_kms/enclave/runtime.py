@@ -45,8 +45,8 @@ from enclave_kms.enclave.channel_ecalls import ChannelEcalls, ChannelSide
 from enclave_kms.enclave.config import RuntimeConfig, here, open_backend
 from enclave_kms.enclave.custody.joiner import SRK_AAD, Found, Joined
 from enclave_kms.enclave.custody.recovery import RecoveryEvent, RecoverySession, start_session
-from enclave_kms.enclave.custody.service import Custody as ReplicaCustody
-from enclave_kms.enclave.custody.shares import Custody, SetStore
+from enclave_kms.enclave.custody.service import ReplicaCustody
+from enclave_kms.enclave.custody.shares import RecoveryCustody, SetStore
 from enclave_kms.enclave.host_calls import Call, HostCalls
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
@@ -130,7 +130,7 @@ class Initialized:
     kms: KMSService
     tokens: TokenService
     release: ReleaseService
-    custody: Custody
+    custody: RecoveryCustody
 
     def certificate_id(self) -> str:
         """The sealed record holding this build's RA-TLS certificate (shared by workers)."""
@@ -424,7 +424,7 @@ class EnclaveRuntime:
             release=ReleaseService(
                 store, kms, lambda quote: load_collateral(host.collateral_for(quote))
             ),
-            custody=Custody(self.host, srk, self.quote_for),
+            custody=RecoveryCustody(self.host, srk, self.quote_for),
         )
 
     def _restore(self, srk: bytes, events: list[RecoveryEvent]) -> None:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
-from enclave_kms.enclave.custody.shares import Custody
+from enclave_kms.enclave.custody.shares import RecoveryCustody
 from enclave_kms.errors import NotFoundError, PermissionDeniedError
 from enclave_kms.wire import RecoverySetInfo, RecoveryShare, RecoveryStatus, decode
 from enclave_kms.wire import custody as wire
@@ -31,7 +31,7 @@ class SplitIn(BaseModel):
     )
 
 
-def _custody(request: Request) -> Custody:
+def _custody(request: Request) -> RecoveryCustody:
     custody = app_context(request).custody
     if custody is None:
         raise NotFoundError("k-of-n recovery is not available in this enclave")

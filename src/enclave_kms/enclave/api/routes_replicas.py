@@ -13,7 +13,7 @@ from enclave_kms.enclave.api.models import In
 from enclave_kms.enclave.api.support import Caller, add_route, app_context, caller, new_router
 from enclave_kms.enclave.custody import handover
 from enclave_kms.enclave.custody.replica_policy import ReplicaPolicy
-from enclave_kms.enclave.custody.service import Custody
+from enclave_kms.enclave.custody.service import ReplicaCustody
 from enclave_kms.errors import EnclaveKMSError, FormatError, NotFoundError
 from enclave_kms.sgx.quote import parse_quote
 from enclave_kms.sgx.report import ReportBody
@@ -40,7 +40,7 @@ class JoinIn(In):
     quote: Hex
 
 
-def _custody(request: Request) -> Custody:
+def _custody(request: Request) -> ReplicaCustody:
     custody = app_context(request).joins
     if custody is None or custody.policies is None or custody.responder is None:
         raise NotFoundError("this server does not serve replicas")

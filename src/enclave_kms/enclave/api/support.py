@@ -24,8 +24,8 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from enclave_kms.enclave.custody.service import Custody as ReplicaCustody
-from enclave_kms.enclave.custody.shares import Custody
+from enclave_kms.enclave.custody.service import ReplicaCustody
+from enclave_kms.enclave.custody.shares import RecoveryCustody
 from enclave_kms.enclave.keys.release import ReleaseService
 from enclave_kms.enclave.keys.service import KMSService
 from enclave_kms.enclave.metrics import Metrics
@@ -80,7 +80,9 @@ class AppContext:
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
     release: ReleaseService | None = None  # key release to attested workloads (DESIGN §15)
-    custody: Custody | None = None  # k-of-n recovery of the storage root key (routes_recovery)
+    custody: RecoveryCustody | None = (
+        None  # k-of-n recovery of the storage root key (routes_recovery)
+    )
     joins: ReplicaCustody | None = None  # the replica policy and the peer side of joins
     replicas: ReplicaSet | None = None  # replicas only: readiness and the peers' answers
     metrics: Metrics | None = None

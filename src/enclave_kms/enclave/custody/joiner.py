@@ -10,7 +10,7 @@ Order: this platform's copy, else the first replica's. If neither opens here (an
 or under Gramine's rule a CPUSVN or ISVSVN change: SealKeyChangedError names it) the enclave
 refuses to start, naming the cause, unless it was started to join a peer; it never creates
 a new key over an existing one. After a join the SRK is sealed here only once the peer has
-also met the installation's own replica policy (`Custody.open` in service.py).
+also met the installation's own replica policy (`ReplicaCustody.open` in service.py).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class ReplicaSettings:
 
 @dataclass(frozen=True)
 class Joined:
-    """A key a peer handed over, not yet sealed here: `Custody.open` checks `peer` against
+    """A key a peer handed over, not yet sealed here: `ReplicaCustody.open` checks `peer` against
     the installation's replica policy first, then seals it as `version` + 1."""
 
     srk: bytes

@@ -1,4 +1,4 @@
-"""`Custody`: the runtime's one object for the SRK's custody, from start-up to serving joins.
+"""`ReplicaCustody`: the runtime's one object for the SRK's custody, from start-up to joins.
 
 `storage_root_key` runs first in `initialize` (before any record can be read); `open` runs
 once the state is open: it checks a join's peer against the installation's replica policy
@@ -45,7 +45,7 @@ def trust_root_for(platform: str, platform_dir: str) -> TrustRoot:
     return TrustRoot.intel_production()
 
 
-class Custody:
+class ReplicaCustody:
     def __init__(self, host: HostCalls) -> None:
         self._host = host
         self._appraiser: QuoteAppraiser | None = None

@@ -226,7 +226,7 @@ def share_answer(
     }
 
 
-class Custody:
+class RecoveryCustody:
     """What a running installation does with its SRK for recovery: split, status, shares."""
 
     def __init__(self, host: Backend, srk: bytes, quote_for: Callable[[bytes], bytes]) -> None:
