@@ -99,8 +99,7 @@ class HotPath:
         slot.op = entry.op
         slot.set_target(name)
         try:
-            if self.ctx.replicas is not None:  # as AuditedRoute: a replica serves once ready
-                self.ctx.replicas.require_ready()
+            self.ctx.require_ready(entry.op)  # as AuditedRoute: a replica serves once ready
             authorization = [
                 v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"
             ]

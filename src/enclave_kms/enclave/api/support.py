@@ -80,13 +80,17 @@ class AppContext:
     worker: int = 0  # which enclave worker this is; its audit chain has the same number
     state_head: Callable[[], str] | None = None  # the signed state head, as clients see it
     release: ReleaseService | None = None  # key release to attested workloads (DESIGN §15)
-    custody: RecoveryCustody | None = (
-        None  # k-of-n recovery of the storage root key (routes_recovery)
-    )
+    custody: RecoveryCustody | None = None  # k-of-n recovery of the SRK (routes_recovery)
     joins: ReplicaCustody | None = None  # the replica policy and the peer side of joins
     replicas: ReplicaSet | None = None  # replicas only: readiness and the peers' answers
     metrics: Metrics | None = None
     refresh_state: Callable[[], object] | None = None  # readiness: the store answers, not behind
+
+    def require_ready(self, op: str) -> None:
+        """The readiness gate of every route and the hot path: a replica serves `op` only once
+        a majority confirmed its state head (except what readiness itself needs)."""
+        if self.replicas is not None and op not in BEFORE_READY:
+            self.replicas.require_ready()
 
 
 def app_context(request: Request) -> AppContext:
@@ -185,9 +189,7 @@ class AuditedRoute(APIRoute):
             slot.op = op
             path_key = request.path_params.get("name")
             slot.set_target(path_key if path_key is not None else request.path_params.get("id"))
-            replicas = app_context(request).replicas
-            if replicas is not None and op not in BEFORE_READY:
-                replicas.require_ready()
+            app_context(request).require_ready(op)
             if permission is not None:
                 tokens = app_context(request).tokens
                 principal = await run_inline(tokens.authenticate, self.token(request))
