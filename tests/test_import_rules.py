@@ -112,3 +112,101 @@ def test_the_sdk_imports_no_command_line_and_no_asyncio_client() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.split("\n")[:3] == ["[]", "False", "True"]
+
+
+# What a client command after `init` has no use for (issue 12: its start-up is most of what it
+# costs): the server, simulation and evidence tools, the appraisal (a pinned server is not
+# appraised again), the parsers only evidence needs, and rich's syntax highlighting.
+NOT_FOR_A_CLIENT_COMMAND = (
+    "enclave_kms.enclave",
+    "enclave_kms.host",
+    "enclave_kms.platform",
+    "enclave_kms.channel",
+    "enclave_kms.attestation.verify",
+    "enclave_kms.attestation.second_opinion",
+    "enclave_kms.attestation.evidence",
+    "enclave_kms.attestation.ratls",
+    "enclave_kms.attestation.collateral",
+    "enclave_kms.sgx.quote",
+    "enclave_kms.sgx.pck",
+    "enclave_kms.sgx.oe",
+    "enclave_kms.cli.quote",
+    "enclave_kms.cli.platform",
+    "enclave_kms.cli.enclave",
+    "enclave_kms.cli.serve",
+    "enclave_kms.cli.replicas",
+    "dcap_qvl",
+    "pyasn1",
+    "asyncio",
+    "pygments",
+    "rich.syntax",
+    "fastapi",
+    "uvicorn",
+)
+# The CLI in a new process; prints the modules it loaded (as JSON) on its last stderr line.
+CLI_PROBE = (
+    "import json, sys\n"
+    "from enclave_kms.cli.main import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "finally:\n"
+    "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+)
+
+
+def cli_modules(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, set[str]]:
+    """Run `enclave-kms ARGS` in a new interpreter: exit code, stdout, modules it imported."""
+    result = subprocess.run(
+        [sys.executable, "-c", CLI_PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    import json
+
+    loaded = set(json.loads(result.stderr.strip().splitlines()[-1]))
+    return result.returncode, result.stdout, loaded
+
+
+def heavy(loaded: set[str]) -> list[str]:
+    return sorted(
+        m for m in loaded if any(m == h or m.startswith(h + ".") for h in NOT_FOR_A_CLIENT_COMMAND)
+    )
+
+
+def test_a_client_command_imports_only_its_own_group(tmp_path: Path) -> None:
+    """`key list` runs up to its request (here refused: no server URL configured) with the
+    key group alone: no other group's module, nothing of the enclave, the platform or the
+    verifier. (tests/cli/test_client_cli.py runs it against a real server, over a pin.)"""
+    env = {"PATH": "/usr/bin:/bin", "ENCLAVE_KMS_CONFIG": str(tmp_path / "config.toml")}
+    code, _out, loaded = cli_modules("key", "list", env=env)
+    assert code == 1  # exits.USAGE: no server URL
+    assert {"enclave_kms.cli.keys", "enclave_kms.client.sync"} <= loaded
+    assert heavy(loaded) == []
+    assert {m for m in loaded if m.startswith("enclave_kms.cli.")} == {
+        "enclave_kms.cli.main",
+        "enclave_kms.cli.groups",
+        "enclave_kms.cli.exits",
+        "enclave_kms.cli.config",
+        "enclave_kms.cli.keys",
+    }
+
+
+def test_the_root_help_lists_every_group_without_importing_one() -> None:
+    """`enclave-kms --help` shows each group's name and help line from the registry alone."""
+    code, out, loaded = cli_modules("--help", env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert code == 0
+    from enclave_kms.cli import groups
+
+    for name, help_text in groups.HELP.items():
+        assert any(f" {name} " in line and help_text in line for line in out.splitlines()), name
+    assert {m for m in loaded if m.startswith("enclave_kms.")} == {
+        "enclave_kms.cli",
+        "enclave_kms.cli.main",
+        "enclave_kms.cli.groups",
+        "enclave_kms.cli.exits",
+        "enclave_kms.cli.config",
+        "enclave_kms.errors",
+    }

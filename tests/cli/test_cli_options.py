@@ -38,19 +38,22 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return exc.value.code, out.out, out.err
 
 
-def _commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+def _commands(
+    command: Any, ctx: Any, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command under `command`, each group built as resolving its name builds it."""
     found = [(path, command)]
-    for name, sub in getattr(command, "commands", {}).items():
-        found += _commands(sub, (*path, name))
+    for name in command.list_commands(ctx) if hasattr(command, "list_commands") else ():
+        found += _commands(command.get_command(ctx, name), ctx, (*path, name))
     return found
 
 
 def test_connection_options_are_declared_only_on_the_root() -> None:
-    main._register()
     root = typer.main.get_command(main.app)
+    ctx = root.make_context("enclave-kms", ["config", "path"], resilient_parsing=True)
     declared = {
         path: {opt for p in cmd.params for opt in p.opts} & set(CONNECTION_FLAGS)
-        for path, cmd in _commands(root)
+        for path, cmd in _commands(root, ctx)
     }
     assert declared[()] == set(CONNECTION_FLAGS)
     # Only the offline evidence check has its own --policy/--trust-root (no server involved).
@@ -81,7 +84,6 @@ def test_a_connection_flag_before_or_after_the_command_is_used(
 
 
 def test_hoisting_leaves_a_command_s_own_option_and_a_missing_value_alone() -> None:
-    main._register()
     root = typer.main.get_command(main.app)
     ctx = root.make_context("enclave-kms", ["config", "path"], resilient_parsing=True)
     assert hoist(root, ctx, ["key", "list", "--url", "U"]) == ["--url", "U", "key", "list"]

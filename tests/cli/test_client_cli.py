@@ -656,3 +656,19 @@ def test_commands_after_the_first_reuse_its_attestation_until_the_key_changes(
     monkeypatch.setenv("ENCLAVE_KMS_POLICY", str(wider))
     assert cli("key", "show", "cli-pinned").code == exits.OK
     assert len(appraisals) == 3
+
+
+def test_a_command_over_a_pin_imports_nothing_of_the_appraisal(
+    cli: Runner, real_env: RealKMS
+) -> None:
+    """A new process whose server is pinned sends its request without appraising, so it does
+    not even import the verifier, the evidence parsers or the other command groups (their
+    imports were most of a command's time after `init`, issue 12)."""
+    from tests.test_import_rules import cli_modules, heavy
+
+    assert cli("key", "create", "cli-lean").code == exits.OK  # appraises and pins
+    code, out, loaded = cli_modules("key", "list")  # the environment names the server
+    assert code == exits.OK
+    assert "cli-lean" in out
+    assert "enclave_kms.client.pins" in loaded
+    assert heavy(loaded) == []

@@ -1,10 +1,22 @@
-"""Registry of CLI command groups: one module per group, listed here once."""
+"""Registry of CLI command groups: one module per group, listed here once, imported only when
+its command runs (or its own help is asked for).
+
+A command's start-up is most of what a client command costs after `init` (issue 12): the
+server, simulation and evidence groups import the simulated platform, the quote parsers and
+the DCAP verifier, which `enclave-kms key list` never needs. So the root knows each group by
+name and help text alone (enough for `enclave-kms --help` and for suggesting a mistyped name),
+and `command()` imports a module and builds its click command when it is first resolved.
+"""
 
 from __future__ import annotations
 
 import importlib
 
 import typer
+import typer.main
+from typer.core import TyperGroup
+
+from enclave_kms.cli import exits
 
 # (command name, module under enclave_kms.cli [":attribute", default "app"], help)
 _GROUPS: tuple[tuple[str, str, str], ...] = (
@@ -33,12 +45,41 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
     ("replicas", "replicas", "Replica policy and joining an installation (attested)."),
     ("proxy", "proxy", "Attest and pin a server; serve it locally to unmodified clients."),
 )
+HELP = {name: help_text for name, _spec, help_text in _GROUPS}
+"""Every group's name (in `--help` order) and the one line `--help` shows for it."""
+_SPECS = {name: spec for name, spec, _help in _GROUPS}
+
+
+def show_help_if_bare(ctx: typer.Context) -> None:
+    """A bare group prints its help and exits 0: asking what there is is not an error."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(exits.OK)
+
+
+def group_app(name: str) -> typer.Typer:
+    """The Typer of one group, its module imported now."""
+    module, _, attribute = _SPECS[name].partition(":")
+    sub: typer.Typer = getattr(
+        importlib.import_module(f"enclave_kms.cli.{module}"), attribute or "app"
+    )
+    if sub.registered_callback is None:  # a group of commands, not a command itself
+        sub.callback(invoke_without_command=True, no_args_is_help=False)(show_help_if_bare)
+    return sub
+
+
+def command(name: str) -> TyperGroup:
+    """The click command for `name`, built as `Typer.add_typer` on the root would build it
+    (same help, same settings), but alone: nothing of the other groups is imported."""
+    holder = typer.Typer(add_completion=False)
+    holder.add_typer(group_app(name), name=name, help=HELP[name])
+    parent = typer.main.get_command(holder)
+    built = parent.commands[name] if isinstance(parent, TyperGroup) else None
+    if not isinstance(built, TyperGroup):  # pragma: no cover - typer builds groups so
+        raise TypeError(f"typer built {type(built).__name__} for the {name} group")
+    return built
 
 
 def all_groups() -> list[tuple[str, typer.Typer, str]]:
-    out = []
-    for name, spec, help_text in _GROUPS:
-        module, _, attribute = spec.partition(":")
-        mod = importlib.import_module(f"enclave_kms.cli.{module}")
-        out.append((name, getattr(mod, attribute or "app"), help_text))
-    return out
+    """Every group's Typer (imports every module: for tools that want the whole tree)."""
+    return [(name, group_app(name), help_text) for name, help_text in HELP.items()]

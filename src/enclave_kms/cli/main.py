@@ -1,4 +1,8 @@
-"""`enclave-kms` console entry point: assembles the command groups and maps errors once."""
+"""`enclave-kms` console entry point: assembles the command groups and maps errors once.
+
+Only the group a command names is imported (`groups.py`): start-up is most of what a client
+command costs once its server's attestation is pinned.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
-from enclave_kms.cli import exits
+from enclave_kms.cli import exits, groups
 from enclave_kms.cli.config import (
     CONNECTION_FLAGS,
     Connection,
@@ -24,12 +27,39 @@ from enclave_kms.errors import EnclaveKMSError
 
 
 class _RootGroup(TyperGroup):
-    """Lets the connection options, declared once on the root callback, also follow the
-    command (`enclave-kms key list --url U`, as every client command used to accept): they
-    are moved in front of the command before parsing, unless that command declares an option
-    of the same name itself (`quote verify --policy` checks evidence offline)."""
+    """The root: its command groups are built when first resolved (`groups.command`), and
+    the connection options, declared once on the root callback, may also follow the command.
+
+    Until then each group is a stand-in with its name and help line, which is all the root's
+    own help shows; resolving a name for any other purpose builds the real group.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unbuilt = {name for name in groups.HELP if name not in self.commands}
+        for name, help_text in groups.HELP.items():  # in --help order
+            if name in self._unbuilt:
+                self.commands[name] = TyperGroup(name=name, help=help_text)
+        self._listing = False
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self._unbuilt and not self._listing:
+            self.commands[cmd_name] = groups.command(cmd_name)
+            self._unbuilt.discard(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True  # the list of commands needs their names and help lines only
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """`enclave-kms key list --url U` as every client command used to accept: the
+        connection options are moved in front of the command before parsing, unless that
+        command declares an option of the same name itself (`quote verify --policy` checks
+        evidence offline)."""
         return super().parse_args(ctx, hoist(self, ctx, args))
 
 
@@ -91,32 +121,10 @@ def _root(
     reads them from the context (`config.connection`)."""
     _state["verbose"] = verbose
     ctx.obj = Connection(url, token_file, policy, trust_root, pccs)
-    show_help_if_bare(ctx)
+    groups.show_help_if_bare(ctx)
 
 
-def show_help_if_bare(ctx: typer.Context) -> None:
-    """A bare group prints its help and exits 0: asking what there is is not an error."""
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
-        raise typer.Exit(exits.OK)
-
-
-_registered = False
 _CLICK_USAGE = 2  # click's exit code for a usage error; ours is exits.USAGE
-
-
-def _register() -> None:
-    """Attach the command groups once (main() may run many times in one process in tests)."""
-    global _registered  # noqa: PLW0603 - one-time registration of a module-level app
-    if _registered:
-        return
-    from enclave_kms.cli import groups
-
-    for name, sub, help_text in groups.all_groups():
-        if sub.registered_callback is None:  # a group of commands, not a command itself
-            sub.callback(invoke_without_command=True, no_args_is_help=False)(show_help_if_bare)
-        app.add_typer(sub, name=name, help=help_text)
-    _registered = True
 
 
 # The server names the request fields it refuses (`query.waiting_period_days: …`); a CLI user
@@ -157,8 +165,6 @@ def in_cli_terms(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every EnclaveKMSError becomes one line on stderr and its exit code."""
-    _register()
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "--verbose" in args or "-v" in args
     try:
@@ -168,16 +174,25 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code if isinstance(exc.code, int) else exits.USAGE
         raise SystemExit(exits.USAGE if code == _CLICK_USAGE else code) from None
     except EnclaveKMSError as exc:
+        err = _stderr()
         if _state["verbose"]:
             err.print_exception()
         err.print(f"error: {in_cli_terms(exc.message)}", markup=False)
         raise SystemExit(exits.exit_code_for(exc)) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: opaque, exit 5
+        err = _stderr()
         if _state["verbose"]:
             err.print_exception()
         err.print(f"internal error: {type(exc).__name__} (run with --verbose for details)")
         raise SystemExit(exits.SERVER) from None
     raise SystemExit(exits.OK)
+
+
+def _stderr() -> Any:
+    """The console for an error line (rich is imported only when there is one to print)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

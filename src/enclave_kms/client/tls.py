@@ -10,7 +10,6 @@ checked, because the server's identity is its attested key, not a DNS name.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
@@ -89,7 +88,10 @@ def peer_certificate(endpoint: Endpoint, *, timeout: float) -> bytes:
 
 
 async def apeer_certificate(endpoint: Endpoint, *, timeout: float) -> bytes:
-    """DER certificate the server presents (asyncio)."""
+    """DER certificate the server presents (asyncio: imported here, as only the asyncio
+    client calls this; a blocking client's process never loads it)."""
+    import asyncio
+
     try:
         _reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
