@@ -17,6 +17,9 @@ $(BIN)/python:
 # Reinstall only when the dependency declarations change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,server,postgres]'
+	# Bytecode now, as a wheel install has it: with PYTHONDONTWRITEBYTECODE set (this
+	# machine's default) an editable install would recompile every module in every process.
+	$(BIN)/python -m compileall -q src > /dev/null
 	touch $(STAMP)
 
 run: $(STAMP)
