@@ -50,7 +50,7 @@ HTTP_NAMES = (
     "encrypt-1m-keys",
 )
 KMIP_NAMES = ("encrypt", "decrypt", "sign-rsa-2048", "create-key")
-SDK_NAMES = ("sdk-first-answer", "ratls-handshake")  # bench/sdk.py, on the network servers
+SDK_NAMES = ("sdk-first-answer", "ratls-handshake", "cli-command")  # bench/sdk.py, bench/cli.py
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ NAME_ORDER = (
     "verify-dcap-cold",
     "sdk-first-answer",
     "ratls-handshake",
+    "cli-command",
     "platform-init",
     "image-build-sign",
     "quote-gen",

@@ -1,6 +1,7 @@
 """The client side of an attested connection: SDK first answer and the RA-TLS handshake rate.
 
-Both run against the `enclave-kms serve` (simulation) the HTTP rows already started
+Both (and the CLI rows of `bench/cli.py`, from the same prepared server) run against the
+`enclave-kms serve` (simulation) the HTTP rows already started
 (`bench/peers/enclave_kms.py`), with its admin token, its `bench-aes256-gcm` key and the
 simulated root it wrote to its data directory (`sim-root.pem`). The policy is made the way
 `enclave-kms policy from-server` makes it (trust on first use: MRENCLAVE, MRSIGNER, ProductID,
@@ -49,6 +50,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench import cli
 from bench.measure import BenchError, Case, RunSample, timed_loop
 from bench.peers.base import HttpTarget
 from bench.peers.enclave_kms import target_dir
@@ -60,7 +62,7 @@ from enclave_kms.client import attest as sdk_attest
 from enclave_kms.client.tls import pinned_context, unverified_context
 from enclave_kms.errors import EnclaveKMSError
 
-NAMES = ("sdk-first-answer", "ratls-handshake")
+NAMES = ("sdk-first-answer", "ratls-handshake", cli.NAME)
 GROUP = "attestation"
 CLIENTS = 4  # handshake threads: a few, on a 2-core machine shared with the server
 PLAINTEXT = bytes(range(32))
@@ -417,4 +419,13 @@ def cases(
             notes.append(f"sdk-first-answer/ratls-handshake skipped: {type(exc).__name__}: {exc}")
         else:
             out += first_answer_cases(server, seconds)
+            out += cli.cases(
+                workdir / "cli",
+                url=server.url,
+                token=server.token,
+                key=server.key,
+                policy=server.policy_path,
+                root=server.root_path,
+                seconds=seconds,
+            )
     return out + handshake_cases(server, peers, seconds / 2, notes)

@@ -227,3 +227,34 @@ def test_cpu_budget_accounts_a_process_tree_and_the_app_layer() -> None:
     layer = budget.app_layer(requests=640, concurrency=64)
     assert layer["cpu_us_per_request"] > 0
     assert layer["calls_per_request"] > 50  # a real request path, not an empty loop
+
+
+def test_cli_rows_lay_out_what_init_leaves_and_the_cli_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/cli.py times the real `enclave-kms` over a config directory it writes itself:
+    the CLI's own settings resolution must find the URL, the files and the token there (a
+    layout the CLI did not read would time an error)."""
+    from bench import cli
+
+    from enclave_kms.cli import config
+
+    policy, root = tmp_path / "policy.toml", tmp_path / "root.pem"
+    home = cli.config_dir(
+        tmp_path / "cli", url="https://127.0.0.1:1", token="t0ken", policy=policy, root=root
+    )
+    for name in ("ENCLAVE_KMS_URL", "ENCLAVE_KMS_TOKEN", "ENCLAVE_KMS_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENCLAVE_KMS_CONFIG", str(home / "config.toml"))
+    settings = config.resolve()
+    assert (settings.url, settings.policy, settings.trust_root) == (
+        "https://127.0.0.1:1",
+        policy,
+        root,
+    )
+    assert settings.token() == "t0ken"  # mode 0600, or the CLI would refuse the file
+    command = cli.Command(home, cli.COMMANDS[1][1], "k")
+    assert command.argv[1:3] == ["encrypt", "k"]
+    assert Path(command.argv[0]).is_file()
+    assert command.env["ENCLAVE_KMS_CONFIG"] == str(home / "config.toml")
+    assert set(harness.SDK_NAMES) >= {cli.NAME}

@@ -142,6 +142,9 @@ NOT_FOR_A_CLIENT_COMMAND = (
     "rich.syntax",
     "fastapi",
     "uvicorn",
+    # typer 0.29 coerces options through pydantic (60-65 ms per command): pinned below it.
+    "pydantic",
+    "pydantic_core",
 )
 # The CLI in a new process; prints the modules it loaded (as JSON) on its last stderr line.
 CLI_PROBE = (
