@@ -296,16 +296,8 @@ def test_no_secret_crosses_the_boundary(
         "recipient_public_key": b64(recipient.public_key),
     }
     doc = ok(c.post(f"/v1/keys/{aes}/release", json=body))
-    answer = ReleaseAnswer(
-        doc["name"],
-        doc["key_type"],
-        doc["version"],
-        "datakey",
-        nonce,
-        doc["suite"],
-        unb64(doc["sealed"]),
-        doc["ciphertext"],
-    )
+    answer = ReleaseAnswer.parse(doc, nonce)
+    assert answer.operation == "datakey"
     needles.add("released data key", recipient.open(answer))
 
     # Tokens: issued ones, and ones clients present that the server does not know.

@@ -45,6 +45,7 @@ from enclave_kms.errors import (
 from enclave_kms.host.service import Running, ServeOptions, ensure_image, start
 from enclave_kms.platform.image import EnclaveConfig, MiB
 from enclave_kms.platform.sim.platform import SimPlatform
+from enclave_kms.wire import RecoveryProgress
 from enclave_kms.wire import custody as wire
 from tests.e2e.conftest import (
     CLI,
@@ -197,8 +198,9 @@ def set_record(db: Path, blob: bytes) -> None:
 
 def sealed_submission(inst: Installation, client: KMSClient, officer: int) -> dict[str, str]:
     """Exactly what `submit_share` sends for this officer (appraisal included), for replays."""
-    doc = officer_sdk.status(client)
-    session_id, session_key, _ = officer_sdk.appraise_session(client, doc)
+    progress = officer_sdk.status(client)
+    assert isinstance(progress, RecoveryProgress)
+    session_id, session_key, _ = officer_sdk.appraise_session(client, progress)
     share = inst.share(officer)
     sealed = wire.SUITE.encrypt(
         wire.encode_submission(
@@ -342,8 +344,9 @@ def _host_swaps_shares_then_recovery(inst: Installation, recorder: Recorder) -> 
             fails(c.post("/v1/sys/recovery/submit", json=again), 409, "recovery_share_duplicate")
             # Officer 2 through the SDK: the k-th share restores the SRK.
             final = officer_sdk.submit_share(client, inst.share(2), inst.keys[2])
-            assert final["state"] == "restored"
-            assert final["needed"] == 0
+            assert final.state == "restored"
+            assert final.needed == 0
+            assert [(e.op, e.outcome) for e in final.events][-1] == ("recovery.restore", "ok")
             # The old data is served, with the old token.
             answer = ok(c.post("/v1/keys/orders/decrypt", json={"ciphertext": inst.ciphertext}))
             assert unb64(answer["plaintext"]) == inst.plaintext

@@ -172,3 +172,76 @@ def test_recovery_app_serves_recovery_only_and_bounds_bodies(made: RecoverySet) 
         status = client.get("/v1/sys/recovery").json()
         assert status["needed"] == 3
         assert status["session_key"] == wire.b64(session.session_key)
+
+
+def test_recovery_mode_answers_are_the_wire_classes_the_sdk_decodes(
+    made: RecoverySet, officers: list[x25519.X25519PrivateKey]
+) -> None:
+    """One wire contract in recovery mode too: the recovery app's OpenAPI names a wire class
+    for each answer, and real answers (status, a submission, a share) decode through the
+    SDK's parser into it and serialise back to the same JSON."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from pydantic import TypeAdapter
+
+    from enclave_kms import wire as contract
+    from enclave_kms.client import recovery as sdk
+    from enclave_kms.enclave.api.recovery_app import recovery_app
+
+    session = RecoverySession(
+        made,
+        quote_for=lambda data: b"quote:" + data,
+        collateral_for=lambda quote: b'{"tcb_info": "..."}',
+        restore=lambda key, events: None,
+    )
+    with TestClient(recovery_app(session, None, {"mr_enclave": "00"})) as client:  # type: ignore[arg-type]
+        paths = client.get("/openapi.json").json()["paths"]
+        named = {
+            (method, path): ok["content"]["application/json"]["schema"]["$ref"].rsplit("/")[-1]
+            for path, item in paths.items()
+            if path.startswith("/v1/sys/recovery")
+            for method, operation in item.items()
+            for code, ok in operation["responses"].items()
+            if code.startswith("2")
+        }
+        assert named == {
+            ("get", "/v1/sys/recovery"): "RecoveryProgress",
+            ("post", "/v1/sys/recovery/submit"): "RecoveryProgress",
+            ("get", "/v1/sys/recovery/shares/{fingerprint}"): "RecoveryShare",
+        }
+
+        def same(raw: dict[str, object], decoded: object) -> None:
+            again = json.loads(TypeAdapter(type(decoded)).dump_json(decoded))
+            assert {k: v for k, v in again.items() if v is not None} == {
+                k: v for k, v in raw.items() if v is not None
+            }
+
+        raw = client.get("/v1/sys/recovery").json()
+        progress = sdk._status(raw)
+        assert isinstance(progress, contract.RecoveryProgress)
+        assert progress.session_key == session.session_key
+        assert progress.quote == b"quote:" + wire.session_binding(
+            session.session_id, session.session_key
+        ) + bytes(32)
+        assert progress.events[0] == contract.RecoveryStep(
+            progress.events[0].time, "recovery.start", "", "ok"
+        )
+        same(raw, progress)
+
+        opened = files(made)[0].open(officers[0])
+        body = {
+            "session_id": session.session_id.hex(),
+            "sealed": wire.b64(_seal(session, made.set_id, 1, opened)),
+        }
+        answer = client.post("/v1/sys/recovery/submit", json=body)
+        assert answer.status_code == 200, answer.text
+        submitted = sdk._progress(answer.json())
+        assert (submitted.state, submitted.needed, submitted.quote) == ("recovering", 2, None)
+        assert submitted.accepted == (made.shares[0].fingerprint,)
+        same(answer.json(), submitted)
+
+        fingerprint = made.shares[1].fingerprint
+        share = client.get(f"/v1/sys/recovery/shares/{fingerprint}").json()
+        same(share, contract.decode(contract.RecoveryShare, share))
+        assert sdk.ShareFile.parse(share).open(officers[1])  # the officer's file opens

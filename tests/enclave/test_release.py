@@ -116,16 +116,7 @@ def ask(
 
 
 def answer(doc: dict[str, Any], n: bytes) -> ReleaseAnswer:
-    return ReleaseAnswer(
-        doc["name"],
-        doc["key_type"],
-        doc["version"],
-        doc["operation"],
-        n,
-        doc["suite"],
-        unb64(doc["sealed"]),
-        doc.get("ciphertext"),
-    )
+    return ReleaseAnswer.parse(doc, n)
 
 
 def sgx_evidence(

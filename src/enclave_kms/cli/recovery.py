@@ -8,6 +8,7 @@ which must pin the allowed build) before anything leaves the officer's machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,6 +21,7 @@ from enclave_kms.wire import custody as wire
 
 if TYPE_CHECKING:
     from enclave_kms.client.sync import KMSClient
+    from enclave_kms.wire import RecoverySetInfo
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -50,11 +52,19 @@ def _officer_key(path: Path) -> Any:
     return load_officer_key(_read(path, "officer key"))
 
 
-def _print(doc: dict[str, Any]) -> None:
-    stdout_console().print_json(json.dumps(doc))
+def _print(answer: Any, *, leave_out: tuple[str, ...] = ()) -> None:
+    """A wire answer as the JSON the server sent (bytes as base64), minus `leave_out`."""
+    doc = {k: v for k, v in dataclasses.asdict(answer).items() if k not in leave_out}
+    stdout_console().print_json(json.dumps(doc, default=_jsonable))
 
 
-def split_with(client: KMSClient, threshold: int, officers: list[Path]) -> dict[str, Any]:
+def _jsonable(value: object) -> str:
+    if isinstance(value, bytes):
+        return wire.b64(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def split_with(client: KMSClient, threshold: int, officers: list[Path]) -> RecoverySetInfo:
     """Also used by `enclave-kms init --recovery-officer ...`."""
     from enclave_kms.client import recovery
 
@@ -102,10 +112,8 @@ def status_cmd(ctx: typer.Context) -> None:
     from enclave_kms.client import recovery
 
     with connection(ctx).client(with_token=False) as client:
-        doc = recovery.status(client)
-    for bulky in ("quote", "collateral"):
-        doc.pop(bulky, None)
-    _print(doc)
+        answer = recovery.status(client)
+    _print(answer, leave_out=("quote", "collateral"))
 
 
 @app.command("fetch-share")
@@ -142,8 +150,8 @@ def submit_cmd(
     except ValueError:
         raise UsageError(f"{share}: not a share file") from None
     with connection(ctx).client(with_token=False) as client:
-        doc = recovery.submit_share(client, share_file, officer)
-    if doc.get("state") == "restored":
+        progress = recovery.submit_share(client, share_file, officer)
+    if progress.state == "restored":
         stdout_console().print("accepted: the storage root key is restored")
     else:
-        stdout_console().print(f"accepted: {doc.get('needed')} more share(s) needed")
+        stdout_console().print(f"accepted: {progress.needed} more share(s) needed")

@@ -79,8 +79,8 @@ def init_cmd(
     out.print(f"admin token [bold]{issued.info.id}[/bold] stored in {target} (mode 0600)")
     if recovery_threshold is not None:
         out.print(
-            f"storage root key split {split['threshold']}-of-{split['shares']} "
-            f"(recovery set {split['set_id']}): each officer runs `enclave-kms recovery "
+            f"storage root key split {split.threshold}-of-{split.shares} "
+            f"(recovery set {split.set_id}): each officer runs `enclave-kms recovery "
             "fetch-share`"
         )
     if save_config:

@@ -29,6 +29,7 @@ from enclave_kms.attestation.evidence import EvidenceForm
 from enclave_kms.client.core import Call
 from enclave_kms.client.sync import KMSClient
 from enclave_kms.errors import ConfigError, RecoveryError, RecoveryShareError, ServerError
+from enclave_kms.wire import RecoveryProgress, RecoverySetInfo, RecoveryStatus, decode
 from enclave_kms.wire import custody as wire
 
 STATUS_PATH = "/v1/sys/recovery"
@@ -123,16 +124,32 @@ def _doc(doc: Any) -> dict[str, Any]:
     return doc
 
 
-def split(client: KMSClient, threshold: int, officers: list[bytes]) -> dict[str, Any]:
+def _progress(doc: Any) -> RecoveryProgress:
+    return decode(RecoveryProgress, doc)
+
+
+def _status(doc: Any) -> RecoveryStatus | RecoveryProgress:
+    """A running installation answers its recovery set (`RecoveryStatus`), an enclave in
+    recovery mode its session (`RecoveryProgress`); `state` says which."""
+    if _doc(doc).get("state") in ("recovering", "restored"):
+        return _progress(doc)
+    return decode(RecoveryStatus, doc)
+
+
+def split(client: KMSClient, threshold: int, officers: list[bytes]) -> RecoverySetInfo:
     """Split the storage root key k-of-n to these officers' public keys (a root admin's
     token); replaces any earlier recovery set."""
     body = {"threshold": threshold, "officers": [o.decode("ascii") for o in officers]}
-    return client.call(Call("POST", f"{STATUS_PATH}/split", _doc, body=body))
+
+    def parse(doc: Any) -> RecoverySetInfo:
+        return decode(RecoverySetInfo, doc)
+
+    return client.call(Call("POST", f"{STATUS_PATH}/split", parse, body=body))
 
 
-def status(client: KMSClient) -> dict[str, Any]:
+def status(client: KMSClient) -> RecoveryStatus | RecoveryProgress:
     """The recovery set (k, n, officers) or, on a recovering enclave, the session's progress."""
-    return client.call(Call("GET", STATUS_PATH, _doc, auth=False, idempotent=True))
+    return client.call(Call("GET", STATUS_PATH, _status, auth=False, idempotent=True))
 
 
 def fetch_share(client: KMSClient, key: x25519.X25519PrivateKey) -> ShareFile:
@@ -146,25 +163,27 @@ def fetch_share(client: KMSClient, key: x25519.X25519PrivateKey) -> ShareFile:
     return share
 
 
-def appraise_session(client: KMSClient, doc: dict[str, Any]) -> tuple[bytes, bytes, Appraisal]:
+def appraise_session(
+    client: KMSClient, progress: RecoveryProgress
+) -> tuple[bytes, bytes, Appraisal]:
     """(session id, session key, appraisal) of a recovering enclave's status answer: its
     quote must satisfy the client's policy and bind the session key."""
     try:
-        session_id = bytes.fromhex(str(doc["session_id"]))
-        session_key = wire.unb64(str(doc["session_key"]))
-        quote = wire.unb64(str(doc["quote"]))
-        shipped = str(doc["collateral"]).encode()
-    except (KeyError, ValueError, RecoveryShareError):
-        raise ServerError("the recovering enclave's answer is incomplete") from None
+        session_id = bytes.fromhex(progress.session_id)
+    except ValueError:
+        raise ServerError("the recovering enclave's session id is not hex") from None
+    session_key = progress.session_key
+    if progress.quote is None or progress.collateral is None:
+        raise ServerError("the recovering enclave's answer carries no evidence")
     if len(session_id) != wire.SESSION_ID_BYTES or len(session_key) != 32:
         raise ServerError("the recovering enclave's session is malformed")
     settings = client.attestation_settings
     appraisal = appraise(
-        quote,
+        progress.quote,
         settings.policy,
         expected_report_data=wire.session_binding(session_id, session_key),
         now=client.now(),
-        collateral=settings.collateral_source or load_collateral(shipped),
+        collateral=settings.collateral_source or load_collateral(progress.collateral.encode()),
         cache=settings.cache,
         trust_root=settings.root,
         form=EvidenceForm.RAW_QUOTE,
@@ -175,17 +194,17 @@ def appraise_session(client: KMSClient, doc: dict[str, Any]) -> tuple[bytes, byt
 
 def submit_share(
     client: KMSClient, share: ShareFile, key: x25519.X25519PrivateKey
-) -> dict[str, Any]:
+) -> RecoveryProgress:
     """Appraise the recovering enclave, then give it this officer's share, sealed to its
-    attested session key. Returns the session's status (`needed` 0 once restored)."""
-    doc = status(client)
-    if doc.get("state") != "recovering":
-        raise RecoveryError(f"the server is not recovering (state {doc.get('state')!r})")
-    if doc.get("set_id") != share.set_id:
+    attested session key. Returns the session's progress (`needed` 0 once restored)."""
+    progress = status(client)
+    if not isinstance(progress, RecoveryProgress) or progress.state != "recovering":
+        raise RecoveryError(f"the server is not recovering (state {progress.state!r})")
+    if progress.set_id != share.set_id:
         raise RecoveryShareError(
             "the recovering enclave holds another recovery set than this share's"
         )
-    session_id, session_key, _ = appraise_session(client, doc)
+    session_id, session_key, _ = appraise_session(client, progress)
     plain = share.open(key)
     sealed = wire.SUITE.encrypt(
         wire.encode_submission(bytes.fromhex(share.set_id), share.index, plain),
@@ -193,4 +212,4 @@ def submit_share(
         info=wire.submit_info(session_id),
     )
     body = {"session_id": session_id.hex(), "sealed": wire.b64(sealed)}
-    return client.call(Call("POST", f"{STATUS_PATH}/submit", _doc, body=body, auth=False))
+    return client.call(Call("POST", f"{STATUS_PATH}/submit", _progress, body=body, auth=False))

@@ -28,15 +28,17 @@ EVIDENCE_FORMS = ("raw-quote", "oe-evidence")
 
 
 @dataclass(frozen=True)
-class ReleaseAnswer:
-    name: str
-    key_type: str
-    version: int
-    operation: str
-    nonce: bytes
-    suite: str
-    sealed: bytes = field(repr=False)
-    ciphertext: str | None = None  # datakey: the data key under the KMS key
+class ReleaseAnswer(ReleaseOut):
+    """The server's answer (`wire.ReleaseOut`, the one definition of its fields) and the nonce
+    of the request it answers, which the sealed secret's HPKE `info` binds."""
+
+    nonce: bytes = field(kw_only=True)
+
+    @classmethod
+    def parse(cls, doc: Any, nonce: bytes) -> ReleaseAnswer:
+        """The answer's JSON (ServerError naming a field that does not fit)."""
+        out = decode(ReleaseOut, doc)
+        return cls(nonce=nonce, **{f.name: getattr(out, f.name) for f in fields(out)})
 
     def info(self) -> bytes:
         return release_wire.answer_info(self.name, self.version, self.operation, self.nonce)
@@ -120,7 +122,6 @@ def release_key(
         body["associated_data"] = b64(associated_data)
 
     def parse(doc: Any) -> ReleaseAnswer:
-        out = decode(ReleaseOut, doc)
-        return ReleaseAnswer(nonce=nonce, **{f.name: getattr(out, f.name) for f in fields(out)})
+        return ReleaseAnswer.parse(doc, nonce)
 
     return Call("POST", _key_path(name, "/release"), parse, body=body)

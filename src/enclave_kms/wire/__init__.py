@@ -285,6 +285,43 @@ class RecoveryStatus:
 
 
 @dataclass(frozen=True)
+class RecoveryStep:
+    """One step of a recovery in progress, kept in the recovering enclave's memory (the
+    installation's audit key is out of reach until the restore, which appends them all)."""
+
+    time: str
+    op: str  # recovery.start, recovery.submit, recovery.restore
+    officer: Annotated[str, Doc("officer fingerprint; empty if the share did not open")]
+    outcome: Annotated[str, Doc('"ok" or an error code')]
+
+
+@dataclass(frozen=True)
+class RecoveryProgress:
+    """`GET /v1/sys/recovery` of an enclave in recovery mode (`serve --recovery`), and the
+    answer to each `POST /v1/sys/recovery/submit`: `state` "recovering", "restored" once the
+    k-th share rebuilt the storage root key. An officer seals its share to `session_key`
+    after appraising `quote` (the status carries the evidence; a submit answer does not)."""
+
+    state: str
+    set_id: str
+    threshold: int
+    shares: int
+    officers: tuple[str, ...]
+    created: str
+    accepted: Annotated[tuple[str, ...], Doc("fingerprints of the officers whose share is in")]
+    needed: int
+    session_id: Annotated[str, Doc("hex")]
+    session_key: Annotated[bytes, BASE64, Doc("X25519 public key of this session, raw")]
+    events: tuple[RecoveryStep, ...]
+    audited: str
+    quote: Annotated[
+        B64 | None, Doc("report_data[0:32] binds session_id and session_key (formula below)")
+    ] = None
+    collateral: Annotated[str | None, Doc("dcap-qvl collateral JSON for the quote")] = None
+    report_data_formula: str | None = None
+
+
+@dataclass(frozen=True)
 class RecoveryShare:
     """One officer's sealed share as served and as the officer's share file keeps it."""
 

@@ -20,6 +20,7 @@ from enclave_kms.enclave.custody.shares import share_answer
 from enclave_kms.errors import (
     RecoveryPendingError,
 )
+from enclave_kms.wire import RecoveryProgress, RecoveryShare, decode
 from enclave_kms.wire import custody as wire
 
 MAX_BODY = 64 * 1024  # a submission is a few hundred bytes
@@ -86,23 +87,25 @@ def recovery_app(
         return attestation_out(attestation.attest(bytes.fromhex(nonce)), nonce)
 
     @app.get("/v1/sys/recovery")
-    def status() -> dict[str, Any]:
+    def status() -> RecoveryProgress:
         quote, collateral = session.evidence()
-        return {
+        progress = {
             **session.status(),
-            "quote": wire.b64(quote),
+            "quote": quote,
             "collateral": collateral.decode("utf-8"),
             "report_data_formula": SESSION_FORMULA,
         }
+        return decode(RecoveryProgress, progress)
 
     @app.get("/v1/sys/recovery/shares/{fingerprint}")
-    def share(fingerprint: Annotated[str, Path(pattern=wire.FINGERPRINT_REGEX)]) -> dict[str, Any]:
+    def share(fingerprint: Annotated[str, Path(pattern=wire.FINGERPRINT_REGEX)]) -> RecoveryShare:
         found = session.set.share_for(fingerprint)
-        return share_answer(session.set, found, verified=False)
+        return decode(RecoveryShare, share_answer(session.set, found, verified=False))
 
     @app.post("/v1/sys/recovery/submit")
-    def submit(body: SubmitIn) -> dict[str, Any]:
-        return session.submit(bytes.fromhex(body.session_id), wire.unb64(body.sealed))
+    def submit(body: SubmitIn) -> RecoveryProgress:
+        answer = session.submit(bytes.fromhex(body.session_id), wire.unb64(body.sealed))
+        return decode(RecoveryProgress, answer)
 
     @app.api_route(
         "/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
