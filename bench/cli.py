@@ -68,8 +68,8 @@ class Command:
         }
         self.argv = [executable(), *(part.format(**places) for part in argv)]
         self.env = {**os.environ, "ENCLAVE_KMS_CONFIG": str(home / "config.toml")}
-        for name in ("ENCLAVE_KMS_URL", "ENCLAVE_KMS_TOKEN", "ENCLAVE_KMS_TOKEN_FILE"):
-            self.env.pop(name, None)
+        for setting in ("URL", "TOKEN", "TOKEN_FILE", "POLICY", "TRUST_ROOT", "PCCS"):
+            self.env.pop(f"ENCLAVE_KMS_{setting}", None)  # the config file decides, as after init
 
     def once(self) -> None:
         done = subprocess.run(

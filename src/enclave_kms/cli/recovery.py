@@ -53,8 +53,10 @@ def _officer_key(path: Path) -> Any:
 
 
 def _print(answer: Any, *, leave_out: tuple[str, ...] = ()) -> None:
-    """A wire answer as the JSON the server sent (bytes as base64), minus `leave_out`."""
-    doc = {k: v for k, v in dataclasses.asdict(answer).items() if k not in leave_out}
+    """A wire answer as JSON (bytes as base64), without `leave_out` and null fields."""
+    doc = {
+        k: v for k, v in dataclasses.asdict(answer).items() if k not in leave_out and v is not None
+    }
     stdout_console().print_json(json.dumps(doc, default=_jsonable))
 
 
