@@ -39,8 +39,10 @@ from enclave_kms.enclave.custody.shares import split
 from enclave_kms.enclave.state.audit import verify_chain
 from enclave_kms.enclave.state.records import RecordCipher
 from enclave_kms.errors import (
+    PolicyError,
     RecoveryError,
     SealingError,
+    ServerError,
 )
 from enclave_kms.host.service import Running, ServeOptions, ensure_image, start
 from enclave_kms.platform.image import EnclaveConfig, MiB
@@ -328,6 +330,21 @@ def _host_swaps_shares_then_recovery(inst: Installation, recorder: Recorder) -> 
             )
             body = {"session_id": doc["session_id"], "sealed": b64(forged)}
             fails(c.post("/v1/sys/recovery/submit", json=body), 400, "recovery_share_invalid")
+            # The host answers the status with its own session key (to open the next share
+            # itself), or another session id, or without the evidence: the officer's
+            # appraisal refuses each before any share is opened.
+            genuine = officer_sdk.status(client)
+            assert isinstance(genuine, RecoveryProgress)
+            host_key = wire.raw_public(x25519.X25519PrivateKey.generate().public_key())
+            for tampered in (
+                dataclasses.replace(genuine, session_key=host_key),
+                dataclasses.replace(genuine, session_id=os.urandom(16).hex()),
+            ):
+                with pytest.raises(PolicyError, match="report_data"):
+                    officer_sdk.appraise_session(client, tampered)
+            with pytest.raises(ServerError, match="no evidence"):
+                officer_sdk.appraise_session(client, dataclasses.replace(genuine, quote=None))
+            assert officer_sdk.appraise_session(client, genuine)[1] == genuine.session_key
             # Officer 0 through the CLI: k-1 shares restore nothing.
             done = cli(
                 inst,
