@@ -351,3 +351,62 @@ def test_the_audit_chain_with_release_details_verifies(world: World, platform: S
     assert all("policy=" in d for d in details)
     # a nonce refusal comes before the policy is read: it still names the request's operation
     assert all(e.get("detail") for e in events if e["outcome"] == "nonce_invalid")
+
+
+# ------------------------------------------------------------------------ nonce quota
+
+
+def test_a_token_flooding_nonces_evicts_only_its_own(
+    world: World, platform: SimPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token holder who asks for nonces without end cannot push other workloads' nonces
+    out of the worker's book: past its quota it loses its own oldest, and the other
+    workload's release still goes through. (The book's bound is lowered to a size this test
+    can fill; without the per-token quota the flood would evict the other nonce.)"""
+    from enclave_kms.enclave.keys.release import MAX_NONCES_PER_TOKEN
+
+    service = world.ctx.release
+    assert service is not None
+    monkeypatch.setattr(service.nonces, "_limit", MAX_NONCES_PER_TOKEN + 8)
+    issued = world.post(
+        "/v1/tokens", {"name": "flood", "policies": [{"operations": ["release"], "keys": ["db"]}]}
+    )
+    assert issued.status_code == 201, issued.text
+    flooder, flooder_id = issued.json()["token"], issued.json()["info"]["id"]
+    recipient, theirs = Recipient.generate(), nonce(world)  # another workload's, issued first
+    first = nonce(world, flooder)
+    for _ in range(3 * MAX_NONCES_PER_TOKEN):
+        nonce(world, flooder)
+    assert service.nonces.outstanding(flooder_id) == MAX_NONCES_PER_TOKEN
+    evidence = sgx_evidence(platform, first, recipient)
+    refused(ask(world, "db", evidence, first, recipient, token=flooder), "nonce_invalid")
+    r = ask(world, "db", sgx_evidence(platform, theirs, recipient), theirs, recipient)
+    assert r.status_code == 200, r.text
+    assert recipient.open(answer(r.json(), theirs))
+
+
+def test_nonce_book_quota_expiry_and_global_bound() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from enclave_kms.enclave.keys.release import NonceBook
+    from enclave_kms.errors import NonceError
+
+    now = [datetime(2026, 12, 3, tzinfo=UTC)]
+    book = NonceBook(lambda: now[0], ttl=timedelta(minutes=5), limit=6, per_owner=3)
+    a = [book.issue("a")[0] for _ in range(4)]  # a's fourth pushes out a's first (quota)
+    b = [book.issue("b")[0] for _ in range(3)]
+    book.issue("c")  # the book is full: the oldest of all goes (a's second)
+    assert [book.outstanding(o) for o in (None, "a", "b", "c")] == [6, 2, 3, 1]
+    for gone in a[:2]:
+        with pytest.raises(NonceError, match="unknown or already used"):
+            book.redeem(gone)
+    book.redeem(a[2])
+    book.redeem(b[0])
+    with pytest.raises(NonceError):
+        book.redeem(b[0])  # single use
+    assert [book.outstanding(o) for o in (None, "a", "b")] == [4, 1, 2]
+    now[0] += timedelta(minutes=5)
+    with pytest.raises(NonceError, match="expired"):
+        book.redeem(a[3])
+    book.issue("d")  # expired nonces leave the book, and their owners with them
+    assert [book.outstanding(o) for o in (None, "a", "b", "c", "d")] == [1, 0, 0, 0, 1]

@@ -70,9 +70,9 @@ def set_release_policy(
     return _envelope(name, service)
 
 
-def release_nonce(request: Request) -> ReleaseNonce:
+def release_nonce(request: Request, who: Caller = Depends(caller)) -> ReleaseNonce:
     """A single-use nonce for the next release request (valid for a few minutes)."""
-    nonce, expires = _service(request).issue_nonce()
+    nonce, expires = _service(request).issue_nonce(who.principal.token_id)
     return ReleaseNonce(nonce=nonce, expires_at=expires)
 
 

@@ -15,8 +15,9 @@ and the revocation path the same as for every other operation. Setting a policy 
 Nonces live only in the memory of the enclave worker that issued them (never in storage the
 host could roll back): 32 random bytes, single use (consumed at first presentation, whatever
 the outcome, so a refused request cannot be retried with the same evidence), valid for
-`NONCE_TTL`, at most `MAX_NONCES` outstanding. A nonce presented to another worker or after a
-restart is unknown: ask for a new one.
+`NONCE_TTL`, at most `MAX_NONCES` outstanding and `MAX_NONCES_PER_TOKEN` per token (a token
+that asks for more loses its own oldest, never another token's). A nonce presented to another
+worker or after a restart is unknown: ask for a new one.
 
 Refusals are typed: `NonceError` / `EvidenceRefusedError` (the evidence did not appraise or
 does not bind this nonce and key), `ReleasePolicyNotMetError` (genuine evidence of a workload
@@ -71,6 +72,10 @@ from enclave_kms.wire import release as release_wire
 
 NONCE_TTL = timedelta(minutes=5)
 MAX_NONCES = 10_000
+MAX_NONCES_PER_TOKEN = 64
+"""One token's outstanding nonces: far above what a workload needs (one per release in
+flight), low enough that flooding the book with one token cannot evict other workloads'
+nonces (the book holds MAX_NONCES)."""
 MAX_EVIDENCE = 128 * 1024
 MAX_POLICY_TOML = 16 * 1024
 RELEASE_CLAIM = "enclave-kms/release"
@@ -161,38 +166,64 @@ class ReleaseAnswer:
 
 
 class NonceBook:
-    """Single-use, short-lived nonces held in this enclave worker's memory."""
+    """Single-use, short-lived nonces held in this enclave worker's memory, each owned by
+    the token that asked for it (its quota; redemption does not depend on the token)."""
 
-    def __init__(self, clock: Clock, ttl: timedelta = NONCE_TTL, limit: int = MAX_NONCES) -> None:
-        self._clock, self._ttl, self._limit = clock, ttl, limit
-        self._live: OrderedDict[bytes, datetime] = OrderedDict()
+    def __init__(
+        self,
+        clock: Clock,
+        ttl: timedelta = NONCE_TTL,
+        limit: int = MAX_NONCES,
+        per_owner: int = MAX_NONCES_PER_TOKEN,
+    ) -> None:
+        self._clock, self._ttl, self._limit, self._per_owner = clock, ttl, limit, per_owner
+        self._live: OrderedDict[bytes, tuple[datetime, str]] = OrderedDict()
+        self._owned: dict[str, OrderedDict[bytes, None]] = {}
         self._lock = threading.Lock()
 
-    def issue(self) -> tuple[bytes, datetime]:
+    def issue(self, owner: str) -> tuple[bytes, datetime]:
         nonce, expires = os.urandom(release_wire.NONCE_BYTES), self._clock() + self._ttl
         with self._lock:
             self._drop_expired()
+            mine = self._owned.setdefault(owner, OrderedDict())
+            while len(mine) >= self._per_owner:
+                self._forget(next(iter(mine)))  # this token's oldest goes first
             while len(self._live) >= self._limit:
-                self._live.popitem(last=False)  # the oldest outstanding nonce goes first
-            self._live[nonce] = expires
+                self._forget(next(iter(self._live)))  # then the oldest of all
+            self._live[nonce] = (expires, owner)
+            self._owned.setdefault(owner, OrderedDict())[nonce] = None
         return nonce, expires
 
     def redeem(self, nonce: bytes) -> None:
         """Consume `nonce`; NonceError if it is not a live nonce of this worker."""
         with self._lock:
-            expires = self._live.pop(nonce, None)
-        if expires is None:
+            entry = self._live.get(nonce)
+            if entry is not None:
+                self._forget(nonce)
+        if entry is None:
             raise NonceError(
                 "the nonce is unknown or already used (nonces are single-use, and only the "
                 "worker that issued one accepts it): ask for a new nonce"
             )
-        if self._clock() >= expires:
+        if self._clock() >= entry[0]:
             raise NonceError("the nonce has expired: ask for a new nonce")
+
+    def outstanding(self, owner: str | None = None) -> int:
+        """How many nonces are live (of `owner`, or in all)."""
+        with self._lock:
+            return len(self._live) if owner is None else len(self._owned.get(owner, ()))
+
+    def _forget(self, nonce: bytes) -> None:
+        _expires, owner = self._live.pop(nonce)
+        mine = self._owned[owner]
+        del mine[nonce]
+        if not mine:
+            del self._owned[owner]  # the owners held are bounded by the live nonces
 
     def _drop_expired(self) -> None:
         now = self._clock()
-        while self._live and next(iter(self._live.values())) <= now:
-            self._live.popitem(last=False)
+        while self._live and next(iter(self._live.values()))[0] <= now:
+            self._forget(next(iter(self._live)))
 
 
 class ReleaseService:
@@ -262,8 +293,9 @@ class ReleaseService:
 
     # ----------------------------------------------------------------- release
 
-    def issue_nonce(self) -> tuple[bytes, datetime]:
-        return self.nonces.issue()
+    def issue_nonce(self, token_id: str) -> tuple[bytes, datetime]:
+        """A nonce for the caller `token_id` (whose quota it counts against)."""
+        return self.nonces.issue(token_id)
 
     def release(self, name: str, request: ReleaseRequest) -> ReleaseAnswer:
         """Appraise the workload's evidence against the key's release policy and answer
