@@ -166,6 +166,14 @@ def test_recovery_app_serves_recovery_only_and_bounds_bodies(made: RecoverySet) 
         big = {"session_id": "00" * 16, "sealed": "A" * 100_000}
         too_large = client.post("/v1/sys/recovery/submit", json=big)
         assert too_large.status_code == 413
+        # Streamed, no Content-Length: counted as it arrives (support.body_limited).
+        streamed = client.post(
+            "/v1/sys/recovery/submit",
+            content=(b"x" * 8192 for _ in range(16)),
+            headers={"content-type": "application/json"},
+        )
+        assert streamed.status_code == 413, streamed.text
+        assert streamed.json()["error"]["code"] == "payload_too_large"
         bad = client.post("/v1/sys/recovery/submit", json={"session_id": "00" * 16, "sealed": "!"})
         assert bad.status_code == 400
         assert bad.json()["error"]["code"] == "recovery_share_invalid"

@@ -68,6 +68,8 @@ from enclave_kms.enclave.api.support import (
     AttestationBundle,
     AttestationProvider,
     RequestSlot,
+    body_limited,
+    content_length,
     route_label,
     route_operation,
 )
@@ -96,16 +98,6 @@ def _refused_rollback(slot: RequestSlot) -> bool:
         return False
     logger.error("request %s refused: the store was rolled back (not audited)", slot.request_id)
     return True
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 def _operation(scope: Scope, slot: RequestSlot) -> str:
@@ -166,24 +158,14 @@ class AuditMiddleware:
             return
         limit = self.max_body_bytes
         began = time.perf_counter()
-        declared = _content_length(scope)
+        declared = content_length(scope)
         slot = RequestSlot(uuid.uuid4().hex)
         slot.declared_too_large = declared is not None and declared > limit
         scope[SLOT_KEY] = slot
-        received = 0
         started = False
         refused = False  # the audit failed: swallow the rest of the original response
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            if slot.declared_too_large:
-                raise StarletteHTTPException(413)
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise StarletteHTTPException(413)
-            return message
+        # Refused at the first read, after authentication (module docstring).
+        limited_receive = body_limited(receive, limit, refuse=lambda: slot.declared_too_large)
 
         async def audited_send(message: Message) -> None:
             nonlocal started, refused

@@ -9,12 +9,11 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave_kms.enclave.api.errors import error_response, install_error_handlers
 from enclave_kms.enclave.api.routes_sys import NONCE_REGEX, attestation_out
-from enclave_kms.enclave.api.support import AttestationProvider
+from enclave_kms.enclave.api.support import AttestationProvider, body_limited
 from enclave_kms.enclave.custody.recovery import SESSION_FORMULA, RecoverySession
 from enclave_kms.enclave.custody.shares import share_answer
 from enclave_kms.errors import (
@@ -33,8 +32,9 @@ class SubmitIn(BaseModel):
 
 
 class BodyLimit:
-    """The recovery app's request-size limit (the full API's is in its audit middleware):
-    a declared or streamed body above `limit` bytes is refused with 413."""
+    """The recovery app's request-size limit (`support.body_limited`, the full API's too, there
+    inside its audit middleware): a declared Content-Length above `limit` is refused with 413
+    before the app runs, a streamed body once it passes `limit`."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app, self.limit = app, limit
@@ -44,21 +44,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise StarletteHTTPException(413)
-            return message
-
         if not declared.isdigit() or int(declared) > self.limit:
             response = error_response(scope, 413, "payload_too_large", "request body is too large")
             await response(scope, receive, send)
             return
-        await self.app(scope, limited, send)
+        await self.app(scope, body_limited(receive, self.limit), send)
 
 
 class SwitchableApp:

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope
 
 from enclave_kms.enclave.custody.service import ReplicaCustody
 from enclave_kms.enclave.custody.shares import RecoveryCustody
@@ -118,6 +119,40 @@ class RequestSlot:
     def set_target(self, value: object) -> None:
         if isinstance(value, str):
             self.target = value[:MAX_TARGET]
+
+
+def content_length(scope: Scope) -> int | None:
+    """The request's declared Content-Length, None if absent or not a number."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def body_limited(
+    receive: Receive, limit: int, *, refuse: Callable[[], bool] = lambda: False
+) -> Receive:
+    """The body-size limit, the one definition both apps (full API and recovery mode) use:
+    `receive` counting request bytes as they arrive and raising Starlette's 413 (which the
+    apps answer as 413 `payload_too_large`) once more than `limit` arrived, or at the first
+    read when `refuse()` says so (a declared Content-Length above the limit)."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        if refuse():
+            raise StarletteHTTPException(413)
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise StarletteHTTPException(413)
+        return message
+
+    return limited
 
 
 def request_slot(scope: Mapping[str, Any]) -> RequestSlot | None:
