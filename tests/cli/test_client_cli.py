@@ -672,3 +672,59 @@ def test_a_command_over_a_pin_imports_nothing_of_the_appraisal(
     assert "cli-lean" in out
     assert "enclave_kms.client.pins" in loaded
     assert heavy(loaded) == []
+
+
+def test_key_list_reports_failed_records_of_every_page(
+    cli: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`key list` pages through the listing and names every record that failed
+    authentication, on whichever page the server reports it (it used to ask the first 1,000
+    names only, so a record the host altered further down vanished from the table silently)."""
+    from enclave_kms.cli import config, keys
+    from enclave_kms.wire import KeyInfo, KeyPage, decode
+
+    def info(name: str) -> KeyInfo:
+        created = "2026-12-03T00:00:00Z"
+        version = {"version": 1, "created": created, "public_key_pem": None, "imported": False}
+        doc = {
+            "name": name,
+            "type": "aes256-gcm",
+            "created": created,
+            "latest_version": 1,
+            "min_decryption_version": 1,
+            "enabled": True,
+            "exportable": False,
+            "deletion_scheduled_at": None,
+            "operations": ["encrypt", "decrypt"],
+            "public_key_pem": None,
+            "versions": [version],
+        }
+        return decode(KeyInfo, doc)
+
+    pages = {
+        "": KeyPage((info("a-1"), info("a-2")), "a-2", ("a-0-altered",)),
+        "a-2": KeyPage((info("b-1"),), "b-1", ()),
+        "b-1": KeyPage((info("c-1"),), None, ("c-0-altered",)),
+    }
+    asked: list[tuple[str, int]] = []
+
+    class Listing:
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+        def list_keys(self, *, after: str = "", limit: int = 100) -> KeyPage:
+            asked.append((after, limit))
+            return pages[after]
+
+    monkeypatch.setattr(config.Settings, "client", lambda self, **_: Listing())
+    r = cli("key", "list")
+    assert r.code == exits.OK, r.err
+    assert asked == [("", keys.LIST_PAGE), ("a-2", keys.LIST_PAGE), ("b-1", keys.LIST_PAGE)]
+    for name in ("a-1", "a-2", "b-1", "c-1"):
+        assert name in r.out
+    assert "4 key(s)" in r.out
+    assert "a-0-altered" in r.err
+    assert "c-0-altered" in r.err

@@ -156,12 +156,19 @@ class KMSClient(Operations):
         return every_key(self.list_keys, page_size)
 
 
-def every_key(list_keys: Callable[..., KeyPage], page_size: int) -> Iterator[KeyInfo]:
-    """Every key, page by page through a blocking `list_keys` (one replica or several)."""
+def every_page(list_keys: Callable[..., KeyPage], page_size: int) -> Iterator[KeyPage]:
+    """Every page of the key listing through a blocking `list_keys` (one replica or several):
+    each page's `unreadable` names are only that page's."""
     after = ""
     while True:
         page = list_keys(after=after, limit=page_size)
-        yield from page.keys
+        yield page
         if not page.next_after:
             return
         after = page.next_after
+
+
+def every_key(list_keys: Callable[..., KeyPage], page_size: int) -> Iterator[KeyInfo]:
+    """Every key, page by page (`every_page`)."""
+    for page in every_page(list_keys, page_size):
+        yield from page.keys
