@@ -153,6 +153,9 @@ class KMSClient(Operations):
                 self._attest()
 
     def iter_keys(self, *, page_size: int = 100) -> Iterator[KeyInfo]:
+        """Every key the token may read. Records that failed authentication (altered by the
+        host) are not keys and are not yielded: each page names them in `unreadable`
+        (`every_page(client.list_keys, n)`, as `enclave-kms key list` reports them)."""
         return every_key(self.list_keys, page_size)
 
 
