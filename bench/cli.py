@@ -18,9 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomli_w
-
 from bench.measure import BenchError, Case, RunSample, timed_loop
+from enclave_kms.cli.config import write_config_file, write_private
 
 NAME = "cli-command"
 GROUP = "attestation"
@@ -45,14 +44,10 @@ def executable() -> str:
 
 def config_dir(home: Path, *, url: str, token: str, policy: Path, root: Path) -> Path:
     """What `enclave-kms init` leaves: the config file and the token file, nothing pinned yet."""
-    home.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(home / "attested", ignore_errors=True)
-    token_file = home / "token"
-    token_file.touch(mode=0o600)
-    token_file.chmod(0o600)
-    token_file.write_text(token + "\n")
+    write_private(home / "token", (token + "\n").encode())
     settings = {"url": url, "token_file": "token", "policy": str(policy), "trust_root": str(root)}
-    (home / "config.toml").write_text(tomli_w.dumps(settings))
+    write_config_file(settings, home / "config.toml")
     (home / "plaintext").write_bytes(PLAINTEXT)
     return home
 

@@ -70,6 +70,7 @@ def _check(world: World, openapi: dict[str, Any], method: str, template: str, **
     decoded = wire.decode(shape, r.json())
     again = json.loads(TypeAdapter(shape).dump_json(decoded))
     assert _drop_none(again) == _drop_none(r.json()), (path, r.text)
+    assert wire.to_json(decoded) == again, path  # the SDK's own encoder, what the CLI prints
     return decoded
 
 

@@ -8,7 +8,6 @@ which must pin the allowed build) before anything leaves the officer's machine.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -53,17 +52,11 @@ def _officer_key(path: Path) -> Any:
 
 
 def _print(answer: Any, *, leave_out: tuple[str, ...] = ()) -> None:
-    """A wire answer as JSON (bytes as base64), without `leave_out` and null fields."""
-    doc = {
-        k: v for k, v in dataclasses.asdict(answer).items() if k not in leave_out and v is not None
-    }
-    stdout_console().print_json(json.dumps(doc, default=_jsonable))
+    """A wire answer as JSON, without `leave_out` and null fields."""
+    from enclave_kms.wire import to_json
 
-
-def _jsonable(value: object) -> str:
-    if isinstance(value, bytes):
-        return wire.b64(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
+    doc = {k: v for k, v in to_json(answer).items() if k not in leave_out and v is not None}
+    stdout_console().print_json(json.dumps(doc))
 
 
 def split_with(client: KMSClient, threshold: int, officers: list[Path]) -> RecoverySetInfo:

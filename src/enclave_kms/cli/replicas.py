@@ -41,7 +41,9 @@ def show_cmd(
     with connection(ctx).client() as kms:
         policy = kms.replica_policy()
     if as_json:
-        typer.echo(json.dumps(policy.__dict__ | {"mr_enclave": list(policy.mr_enclave)}))
+        from enclave_kms.wire import to_json
+
+        typer.echo(json.dumps(to_json(policy)))
     else:
         _print(policy)
 

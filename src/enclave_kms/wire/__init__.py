@@ -604,6 +604,23 @@ class Health:
 # --------------------------------------------------------------------------- decoding (SDK)
 
 
+def to_json(value: Any) -> Any:
+    """A wire value as the JSON the server sends for it (the inverse of `decode`, without
+    pydantic, for clients that print answers): bytes as standard base64, timestamps in ISO
+    8601, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes):
+        return encode_b64(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")  # as the server (pydantic) spells UTC
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
 def decode(cls: type[T], doc: Any) -> T:
     """An answer's JSON as `cls`; ServerError naming the field when it does not fit. Fields
     the answer has and `cls` lacks are ignored (a newer server may add some)."""

@@ -165,7 +165,7 @@ class AuditMiddleware:
         started = False
         refused = False  # the audit failed: swallow the rest of the original response
         # Refused at the first read, after authentication (module docstring).
-        limited_receive = body_limited(receive, limit, refuse=lambda: slot.declared_too_large)
+        limited_receive = body_limited(receive, limit, refuse=slot.declared_too_large)
 
         async def audited_send(message: Message) -> None:
             nonlocal started, refused

@@ -132,18 +132,16 @@ def content_length(scope: Scope) -> int | None:
     return None
 
 
-def body_limited(
-    receive: Receive, limit: int, *, refuse: Callable[[], bool] = lambda: False
-) -> Receive:
+def body_limited(receive: Receive, limit: int, *, refuse: bool = False) -> Receive:
     """The body-size limit, the one definition both apps (full API and recovery mode) use:
     `receive` counting request bytes as they arrive and raising Starlette's 413 (which the
     apps answer as 413 `payload_too_large`) once more than `limit` arrived, or at the first
-    read when `refuse()` says so (a declared Content-Length above the limit)."""
+    read with `refuse` (a declared Content-Length above the limit)."""
     received = 0
 
     async def limited() -> Message:
         nonlocal received
-        if refuse():
+        if refuse:
             raise StarletteHTTPException(413)
         message = await receive()
         if message["type"] == "http.request":

@@ -185,9 +185,8 @@ class NonceBook:
         nonce, expires = os.urandom(release_wire.NONCE_BYTES), self._clock() + self._ttl
         with self._lock:
             self._drop_expired()
-            mine = self._owned.setdefault(owner, OrderedDict())
-            while len(mine) >= self._per_owner:
-                self._forget(next(iter(mine)))  # this token's oldest goes first
+            while len(self._owned.get(owner, ())) >= self._per_owner:
+                self._forget(next(iter(self._owned[owner])))  # this token's oldest goes first
             while len(self._live) >= self._limit:
                 self._forget(next(iter(self._live)))  # then the oldest of all
             self._live[nonce] = (expires, owner)
